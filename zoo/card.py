@@ -1,0 +1,78 @@
+"""Model cards (README.md of a checkpoint) written with huggingface_hub's ModelCard API.
+
+The YAML header carries the model-index: one eval result per measured metric, so the
+Hub shows the figures the card's table states.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+METRIC_NAMES = {
+    "sacrebleu": ("sacrebleu", "sacreBLEU (cased, detokenised, 13a)"),
+    "bleu_lc": ("bleu", "BLEU (lowercased, 13a-tokenised)"),
+}
+
+
+def _eval_results(config: dict[str, Any]) -> list[Any]:
+    from huggingface_hub import EvalResult
+
+    data = config.get("data", {})
+    results = []
+    for key, value in (config.get("metrics") or {}).items():
+        if not isinstance(value, (int, float)):
+            continue
+        base, _, decoding = key.partition("/")  # e.g. "sacrebleu/beam4"
+        mtype, mname = METRIC_NAMES.get(base, (base, base))
+        results.append(
+            EvalResult(
+                task_type="translation",
+                dataset_type="multi30k",
+                dataset_name=data.get("dataset", "multi30k"),
+                dataset_split=data.get("test_split", "test_2016_flickr"),
+                metric_type=mtype,
+                metric_name=f"{mname}, {decoding}" if decoding else mname,
+                metric_value=value,
+            )
+        )
+    return results
+
+
+def write_card(config: dict[str, Any], body: str | None = None) -> str:
+    """The README.md text for a checkpoint with ``config`` (as written to config.json)."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    name = config.get("name") or config.get("arch", "zoo model")
+    results = _eval_results(config)
+    data = config.get("data", {})
+    card_data = ModelCardData(
+        library_name="zoo",
+        license=config.get("license", "mit"),
+        tags=["zoo", "pytorch-lightning", config.get("task", "")],
+        language=[x for x in (data.get("src_lang"), data.get("tgt_lang")) if x] or None,
+        model_name=name,
+        eval_results=results or None,
+    )
+    metrics = config.get("metrics") or {}
+    rows = "\n".join(f"| {k} | {v} |" for k, v in metrics.items())
+    table = f"| metric | value |\n| --- | --- |\n{rows}\n" if rows else "No metrics recorded.\n"
+    text = f"""---
+{card_data.to_yaml()}
+---
+
+# {name}
+
+A `{config.get('arch')}` network ({config.get('num_params', 0) / 1e6:.1f}M parameters) for the
+`{config.get('task')}` task of [zoo](https://github.com/), stored as `{config.get('dtype', 'float32')}`.
+
+```python
+import zoo
+model = zoo.load("{name}")
+```
+
+## Evaluation
+
+{table}
+{body or ''}
+"""
+    return str(ModelCard(text))

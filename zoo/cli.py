@@ -1,0 +1,186 @@
+"""The ``zoo`` command.
+
+``zoo fit|validate|test|predict --config FILE`` run LightningCLI; ``zoo list``, ``info``,
+``translate`` and ``publish`` are small commands of our own. Lightning and wandb are
+imported only by the commands that need them, so ``zoo list`` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+
+
+def configure_wandb() -> str:
+    """Run W&B offline unless credentials are available; returns the mode in use."""
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    netrc = os.path.expanduser("~/.netrc")
+    has_key = bool(os.environ.get("WANDB_API_KEY")) or (
+        os.path.exists(netrc) and "api.wandb.ai" in open(netrc, encoding="utf-8", errors="ignore").read()
+    )
+    if not has_key:
+        os.environ["WANDB_MODE"] = "offline"
+        print("zoo: no W&B credentials found; logging offline (WANDB_MODE=offline)", file=sys.stderr)
+        return "offline"
+    return "online"
+
+
+def _lightning(argv: list[str]) -> None:
+    from lightning.pytorch.cli import LightningCLI
+    from lightning.pytorch.loggers import WandbLogger
+
+    from zoo.tasks.base import ZooModule
+
+    class ZooCLI(LightningCLI):
+        def add_arguments_to_parser(self, parser: Any) -> None:
+            for name in ("src_vocab_size", "tgt_vocab_size", "pad_id"):
+                parser.link_arguments(f"data.{name}", f"model.init_args.{name}", apply_on="instantiate")
+
+        def before_instantiate_classes(self) -> None:
+            cfg = self.config[self.subcommand] if self.subcommand else self.config
+            init_from = cfg.model.init_args.get("init_from")
+            data_args = cfg.data.init_args
+            if init_from and "tokenizer" in data_args and not data_args.tokenizer:
+                data_args.tokenizer = init_from  # fine-tuning keeps the pretrained vocabulary
+
+        def after_fit(self) -> None:
+            trainer, model = self.trainer, self.model
+            best = getattr(trainer.checkpoint_callback, "best_model_path", "") or ""
+            if best:
+                model = type(model).load_from_checkpoint(best, map_location="cpu")
+            out = os.path.join(trainer.log_dir or trainer.default_root_dir, "pretrained")
+            if trainer.is_global_zero and getattr(model, "tokenizers", None) is not None:
+                data = self.datamodule.describe() if hasattr(self.datamodule, "describe") else {}
+                model.save_pretrained(out, data=data)
+                print(f"zoo: saved the trained model in Hub layout to {out} (load it with zoo.load({out!r}))")
+            for logger in trainer.loggers:
+                if isinstance(logger, WandbLogger) and logger.experiment is not None:
+                    run_dir = os.path.dirname(logger.experiment.dir)
+                    if os.environ.get("WANDB_MODE") == "offline":
+                        print(f"zoo: W&B run written to {run_dir}; upload it with: wandb sync {run_dir}")
+                    else:
+                        print(f"zoo: W&B run at {logger.experiment.url}")
+
+    configure_wandb()
+    ZooCLI(
+        ZooModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        args=argv,
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={"parser_mode": "omegaconf"} if _has_omegaconf() else None,
+    )
+
+
+def _has_omegaconf() -> bool:
+    try:
+        import omegaconf  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# -- our own commands ----------------------------------------------------------------
+def cmd_list(args: argparse.Namespace) -> None:
+    from zoo.registry import get_architecture, get_pretrained, list_models
+
+    if args.pretrained:
+        for name in list_models(args.pattern, pretrained=True):
+            p = get_pretrained(name)
+            metrics = ", ".join(f"{k}={v}" for k, v in p.metrics.items())
+            print(f"{name:36s} {p.params / 1e6:6.1f}M  {metrics}")
+    else:
+        for name in list_models(args.pattern):
+            a = get_architecture(name)
+            print(f"{name:28s} {a.task:12s} {a.paper}")
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    from dataclasses import asdict
+
+    from zoo.hub import resolve_folder
+    from zoo.registry import PRETRAINED, get_architecture, get_pretrained
+
+    name = args.name
+    if name in PRETRAINED or "." in name and not os.path.exists(name):
+        entry = get_pretrained(name)
+        print(json.dumps(asdict(entry), indent=2))
+        try:
+            card = os.path.join(resolve_folder(name), "README.md")
+            print(open(card, encoding="utf-8").read())
+        except (OSError, ValueError) as err:
+            print(f"(card not available offline: {err})")
+    else:
+        arch = get_architecture(name)
+        net = arch.builder()
+        n = sum(p.numel() for p in {id(p): p for p in net.parameters()}.values())
+        print(json.dumps({"name": name, "task": arch.task, "paper": arch.paper, "params": n, "config": net.config_dict()}, indent=2))
+
+
+def cmd_translate(args: argparse.Namespace) -> None:
+    import zoo
+
+    sentences = args.sentences or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    model = zoo.load(args.name)
+    for line in model.translate(sentences, beam_size=args.beam, max_len=args.max_len):
+        print(line)
+
+
+def cmd_publish(args: argparse.Namespace) -> None:
+    from zoo.hub import publish
+
+    publish(args.name, args.repo_id, dry_run=args.dry_run, private=args.private)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="zoo", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in LIGHTNING_COMMANDS:
+        sub.add_parser(name, help=f"LightningCLI {name} (zoo {name} --help for its options)", add_help=False)
+    p = sub.add_parser("list", help="list architectures, or pretrained weights with --pretrained")
+    p.add_argument("pattern", nargs="?", help="shell wildcard, e.g. 'transformer*'")
+    p.add_argument("--pretrained", action="store_true")
+    p.set_defaults(func=cmd_list)
+    p = sub.add_parser("info", help="parameters, metrics, recipe and card of a model")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_info)
+    p = sub.add_parser("translate", help="translate sentences (arguments, or lines on stdin)")
+    p.add_argument("name", help="pretrained name, folder or Hub repo id")
+    p.add_argument("sentences", nargs="*")
+    p.add_argument("--beam", type=int, default=4, help="beam size (1 = greedy)")
+    p.add_argument("--max-len", type=int, default=None)
+    p.set_defaults(func=cmd_translate)
+    p = sub.add_parser("publish", help="upload a checkpoint folder to the Hugging Face Hub")
+    p.add_argument("name", help="pretrained name or folder")
+    p.add_argument("--repo-id", required=True, help="ORG/NAME on the Hub")
+    p.add_argument("--dry-run", action="store_true", help="print what would be uploaded, upload nothing")
+    p.add_argument("--private", action="store_true")
+    p.set_defaults(func=cmd_publish)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in LIGHTNING_COMMANDS:
+        _lightning(argv)
+        return
+    args = build_parser().parse_args(argv)
+    if not getattr(args, "func", None):
+        build_parser().print_help()
+        return
+    try:
+        args.func(args)
+    except (KeyError, ValueError, FileNotFoundError, TypeError, RuntimeError) as err:
+        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"zoo: error: {msg}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

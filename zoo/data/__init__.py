@@ -1,0 +1,1 @@
+"""LightningDataModules and tokenizers (text, and later pixels and MIDI events)."""

@@ -1,0 +1,340 @@
+"""Parallel text for translation: Multi30k or any user corpus, BPE, batches by token count.
+
+Multi30k task 1 (Elliott et al. 2016): 29,000 / 1,014 / 1,000 German-English caption
+pairs, raw untokenised. It is read from a local folder (``data_dir``, then
+``$ZOO_DATA_DIR``, then ``../shared/data`` beside the repository, then the download
+cache) or, when online, downloaded from its public source into ``~/.cache/zoo/data``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import os
+import random
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Sampler
+
+from zoo.data.tokenizer import TextTokenizer
+
+log = logging.getLogger(__name__)
+
+MULTI30K_URL = "https://raw.githubusercontent.com/multi30k/dataset/master/data/task1/raw/{name}.gz"
+MULTI30K_SPLITS = {"train": "train", "val": "val", "test": "test_2016_flickr"}
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DOWNLOAD_DIR = Path(os.environ.get("ZOO_CACHE", Path.home() / ".cache" / "zoo")) / "data"
+
+
+def read_lines(path: str | os.PathLike) -> list[str]:
+    """Lines of a text file, gzip or plain, without their newlines."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        return [line.rstrip("\n") for line in f]
+
+
+def _candidate_dirs(data_dir: str | None) -> list[Path]:
+    dirs = []
+    if data_dir:
+        dirs.append(Path(data_dir).expanduser())
+    if os.environ.get("ZOO_DATA_DIR"):
+        dirs.append(Path(os.environ["ZOO_DATA_DIR"]).expanduser())
+    dirs += [REPO_ROOT.parent / "shared" / "data", DOWNLOAD_DIR]
+    return dirs
+
+
+def find_multi30k(data_dir: str | None = None, download: bool = True) -> Path:
+    """The folder holding Multi30k's ``train.de.gz`` etc., found locally or downloaded.
+
+    Each candidate may be the Multi30k folder itself or a folder with a ``multi30k/`` inside.
+    """
+    looked = []
+    for d in _candidate_dirs(data_dir):
+        for folder in (d, d / "multi30k"):
+            looked.append(str(folder))
+            if (folder / "train.de.gz").exists() or (folder / "train.de").exists():
+                return folder
+    if download:
+        try:
+            return _download_multi30k(DOWNLOAD_DIR / "multi30k")
+        except OSError as err:
+            looked.append(f"download failed: {err}")
+    raise FileNotFoundError(
+        "Multi30k not found (looked in " + "; ".join(looked) + "); "
+        "set data_dir or ZOO_DATA_DIR to the folder holding train.de.gz, or go online to download it"
+    )
+
+
+def _download_multi30k(dest: Path) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
+    for split in MULTI30K_SPLITS.values():
+        for lang in ("de", "en"):
+            name = f"{split}.{lang}"
+            target = dest / f"{name}.gz"
+            if target.exists():
+                continue
+            tmp = target.with_name(target.name + ".part")
+            with urllib.request.urlopen(MULTI30K_URL.format(name=name), timeout=30) as r, open(tmp, "wb") as f:
+                f.write(r.read())
+            os.replace(tmp, target)  # atomic: a half-downloaded file never looks complete
+    return dest
+
+
+def _split_file(folder: Path, split: str, lang: str) -> Path:
+    for name in (f"{split}.{lang}.gz", f"{split}.{lang}"):
+        if (folder / name).exists():
+            return folder / name
+    raise FileNotFoundError(f"{folder} has no {split}.{lang}(.gz); is this a Multi30k folder?")
+
+
+def read_parallel(files: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Two aligned files ``[src, tgt]``, or one TSV with ``source<TAB>target`` per line."""
+    if len(files) == 2:
+        src, tgt = read_lines(files[0]), read_lines(files[1])
+        if len(src) != len(tgt):
+            raise ValueError(f"{files[0]} has {len(src)} lines but {files[1]} has {len(tgt)}; they must align")
+        return src, tgt
+    if len(files) == 1:
+        src, tgt = [], []
+        for n, line in enumerate(read_lines(files[0]), 1):
+            parts = line.split("\t")
+            if len(parts) != 2:
+                raise ValueError(f"{files[0]} line {n} has {len(parts)} tab-separated fields; expected source<TAB>target")
+            src.append(parts[0])
+            tgt.append(parts[1])
+        return src, tgt
+    raise ValueError(f"give a parallel corpus as [source_file, target_file] or [tsv_file], not {len(files)} files")
+
+
+@dataclass
+class Example:
+    src: list[int]
+    tgt: list[int]
+    src_text: str
+    tgt_text: str
+
+
+class TokenBatchSampler(Sampler[list[int]]):
+    """Batches of similar length holding at most ``max_tokens`` padded tokens.
+
+    Lengths are sorted (with a little noise when shuffling, so batches differ between
+    epochs), cut into batches whose ``size * longest`` stays under the budget, and the
+    batches shuffled. Each pass over the sampler draws a new order from ``seed + epoch``.
+    """
+
+    def __init__(self, lengths: Sequence[int], max_tokens: int, shuffle: bool = True, seed: int = 0) -> None:
+        if max_tokens < max(lengths, default=1):
+            raise ValueError(f"max_tokens={max_tokens} is smaller than the longest example ({max(lengths)} tokens)")
+        self.lengths, self.max_tokens, self.shuffle, self.seed, self.epoch = list(lengths), max_tokens, shuffle, seed, 0
+        self._batches = self._make_batches(random.Random(seed))
+
+    def _make_batches(self, rng: random.Random) -> list[list[int]]:
+        noise = (lambda: rng.random()) if self.shuffle else (lambda: 0.0)
+        order = sorted(range(len(self.lengths)), key=lambda i: self.lengths[i] + noise())
+        batches, cur, longest = [], [], 0
+        for i in order:
+            longest_if = max(longest, self.lengths[i])
+            if cur and longest_if * (len(cur) + 1) > self.max_tokens:
+                batches.append(cur)
+                cur, longest_if = [], self.lengths[i]
+            cur.append(i)
+            longest = longest_if
+        if cur:
+            batches.append(cur)
+        if self.shuffle:
+            rng.shuffle(batches)
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        if self.shuffle:
+            self._batches = self._make_batches(random.Random(self.seed + self.epoch))
+            self.epoch += 1
+        return iter(self._batches)
+
+    def __len__(self) -> int:
+        return len(self._batches)
+
+
+def collate(examples: list[Example], pad_id: int, bos_id: int, eos_id: int) -> dict[str, Any]:
+    """src (B, S) = tokens + </s>; tgt_in (B, T) = <s> + tokens; tgt_out (B, T) = tokens + </s>."""
+
+    def pad(seqs: list[list[int]]) -> Tensor:
+        out = torch.full((len(seqs), max(map(len, seqs))), pad_id, dtype=torch.long)
+        for i, s in enumerate(seqs):
+            out[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+        return out
+
+    return {
+        "src": pad([e.src + [eos_id] for e in examples]),
+        "tgt_in": pad([[bos_id] + e.tgt for e in examples]),
+        "tgt_out": pad([e.tgt + [eos_id] for e in examples]),
+        "src_text": [e.src_text for e in examples],
+        "tgt_text": [e.tgt_text for e in examples],
+    }
+
+
+class TextDataModule(L.LightningDataModule):
+    """Parallel text for every translation model in the zoo.
+
+    Args:
+        dataset: ``"multi30k"``, or ``"files"`` for your own corpus given by ``train_files``
+            / ``val_files`` / ``test_files`` (each ``[src, tgt]`` files or ``[tsv]``).
+        data_dir: where Multi30k lies (else ``$ZOO_DATA_DIR``, ``../shared/data``, download).
+        src_lang, tgt_lang: Multi30k languages (``de``, ``en``, ``fr``, ``cs``).
+        tokenizer: a tokenizer.json file, a checkpoint folder or pretrained name whose
+            tokenizer to reuse (fine-tuning); ``None`` trains BPE on the training split.
+        vocab_size: BPE vocabulary size when training one.
+        joint_vocab: one vocabulary for both languages (needed for shared embeddings).
+        max_tokens: padded tokens per training batch.
+        max_len: training pairs with a side longer than this many subwords are dropped
+            (and counted in the log); evaluation keeps every pair.
+        train_limit, val_limit, test_limit: use only the first N pairs of a split.
+    """
+
+    def __init__(
+        self,
+        dataset: str = "multi30k",
+        data_dir: str | None = None,
+        src_lang: str = "de",
+        tgt_lang: str = "en",
+        train_files: list[str] | None = None,
+        val_files: list[str] | None = None,
+        test_files: list[str] | None = None,
+        tokenizer: str | None = None,
+        vocab_size: int = 8000,
+        joint_vocab: bool = True,
+        max_tokens: int = 4096,
+        eval_batch_size: int = 128,
+        max_len: int = 128,
+        train_limit: int | None = None,
+        val_limit: int | None = None,
+        test_limit: int | None = None,
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if dataset not in ("multi30k", "files"):
+            raise ValueError(f"dataset must be 'multi30k' or 'files', not {dataset!r}")
+        if dataset == "files" and not train_files and not tokenizer:
+            raise ValueError("dataset='files' needs train_files (or a tokenizer and val/test files)")
+        self.save_hyperparameters()
+        self.hp = self.hparams
+        self._texts: dict[str, tuple[list[str], list[str]]] = {}
+        self._tokenizers: tuple[TextTokenizer, TextTokenizer] | None = None
+        self.datasets: dict[str, list[Example]] = {}
+
+    # -- raw text ---------------------------------------------------------------
+    def texts(self, split: str) -> tuple[list[str], list[str]]:
+        """Raw (source, target) sentences of ``split`` in train / val / test."""
+        if split not in self._texts:
+            hp = self.hp
+            if hp.dataset == "multi30k":
+                folder = find_multi30k(hp.data_dir)
+                name = MULTI30K_SPLITS[split]
+                src = read_lines(_split_file(folder, name, hp.src_lang))
+                tgt = read_lines(_split_file(folder, name, hp.tgt_lang))
+            else:
+                files = {"train": hp.train_files, "val": hp.val_files, "test": hp.test_files}[split]
+                if not files:
+                    raise ValueError(f"no {split}_files given for dataset='files'")
+                src, tgt = read_parallel(files)
+            limit = {"train": hp.train_limit, "val": hp.val_limit, "test": hp.test_limit}[split]
+            self._texts[split] = (src[:limit], tgt[:limit]) if limit else (src, tgt)
+        return self._texts[split]
+
+    # -- vocabulary -------------------------------------------------------------
+    @property
+    def tokenizers(self) -> tuple[TextTokenizer, TextTokenizer]:
+        """(source, target) tokenizers: loaded from ``tokenizer`` or trained on the training split."""
+        if self._tokenizers is None:
+            if self.hp.tokenizer:
+                from zoo.hub import load_tokenizers
+
+                self._tokenizers = load_tokenizers(self.hp.tokenizer)
+            else:
+                src, tgt = self.texts("train")
+                if self.hp.joint_vocab:
+                    tok = TextTokenizer.train(src + tgt, self.hp.vocab_size)
+                    self._tokenizers = (tok, tok)
+                else:
+                    self._tokenizers = (
+                        TextTokenizer.train(src, self.hp.vocab_size),
+                        TextTokenizer.train(tgt, self.hp.vocab_size),
+                    )
+        return self._tokenizers
+
+    @property
+    def src_vocab_size(self) -> int:
+        return self.tokenizers[0].vocab_size
+
+    @property
+    def tgt_vocab_size(self) -> int:
+        return self.tokenizers[1].vocab_size
+
+    @property
+    def pad_id(self) -> int:
+        return self.tokenizers[1].pad_id
+
+    @property
+    def joint(self) -> bool:
+        return self.tokenizers[0] is self.tokenizers[1]
+
+    def describe(self) -> dict[str, Any]:
+        """What the data was, for config.json and the model card."""
+        hp = self.hp
+        name = f"multi30k {hp.src_lang}-{hp.tgt_lang}" if hp.dataset == "multi30k" else "user parallel corpus"
+        return {"dataset": name, "src_lang": hp.src_lang, "tgt_lang": hp.tgt_lang, "joint_vocab": self.joint}
+
+    # -- datasets ---------------------------------------------------------------
+    def _examples(self, split: str) -> list[Example]:
+        src_tok, tgt_tok = self.tokenizers
+        src_text, tgt_text = self.texts(split)
+        src_ids, tgt_ids = src_tok.encode_batch(src_text), tgt_tok.encode_batch(tgt_text)
+        examples = [Example(s, t, st, tt) for s, t, st, tt in zip(src_ids, tgt_ids, src_text, tgt_text)]
+        if split == "train":
+            keep = [e for e in examples if 0 < len(e.src) < self.hp.max_len and 0 < len(e.tgt) < self.hp.max_len]
+            if len(keep) < len(examples):
+                log.warning(
+                    "dropped %d of %d training pairs that were empty or longer than max_len=%d subwords",
+                    len(examples) - len(keep), len(examples), self.hp.max_len,
+                )
+            examples = keep
+        return examples
+
+    def setup(self, stage: str | None = None) -> None:
+        splits = {"fit": ["train", "val"], "validate": ["val"], "test": ["test"], "predict": ["test"]}
+        for split in splits.get(stage or "fit", ["train", "val", "test"]):
+            if split not in self.datasets:
+                self.datasets[split] = self._examples(split)
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        if split not in self.datasets:
+            self.datasets[split] = self._examples(split)
+        data = self.datasets[split]
+        tok = self.tokenizers[1]
+        collate_fn = lambda ex: collate(ex, tok.pad_id, tok.bos_id, tok.eos_id)  # noqa: E731
+        if shuffle:
+            lengths = [max(len(e.src), len(e.tgt)) + 1 for e in data]
+            sampler = TokenBatchSampler(lengths, self.hp.max_tokens, shuffle=True, seed=self.hp.seed)
+            return DataLoader(data, batch_sampler=sampler, collate_fn=collate_fn, num_workers=self.hp.num_workers)
+        return DataLoader(data, batch_size=self.hp.eval_batch_size, collate_fn=collate_fn, num_workers=self.hp.num_workers)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

@@ -1,0 +1,76 @@
+"""Subword tokenisers, trained with Hugging Face ``tokenizers`` and saved as tokenizer.json.
+
+Byte-pair encoding (Sennrich et al. 2016) over Unicode-normalised text, with a
+Metaspace pre-tokeniser so that decoding restores the original spacing: what
+``decode(encode(s))`` returns is detokenised text, ready for sacreBLEU.
+
+Special tokens have fixed ids in every zoo tokeniser: <pad>=0, <unk>=1, <s>=2, </s>=3.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<s>", "</s>"
+SPECIALS = [PAD, UNK, BOS, EOS]
+PAD_ID, UNK_ID, BOS_ID, EOS_ID = range(4)
+
+
+class TextTokenizer:
+    """A thin wrapper over ``tokenizers.Tokenizer`` with the zoo's special ids."""
+
+    pad_id, unk_id, bos_id, eos_id = PAD_ID, UNK_ID, BOS_ID, EOS_ID
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        for i, tok in enumerate(SPECIALS):
+            if tokenizer.token_to_id(tok) != i:
+                raise ValueError(f"tokenizer must map {tok} to id {i}; retrain it with zoo.data.tokenizer.train_bpe")
+        self.tok = tokenizer
+
+    @classmethod
+    def train(cls, texts: Iterable[str], vocab_size: int, min_frequency: int = 2) -> "TextTokenizer":
+        tok = Tokenizer(models.BPE(unk_token=UNK))
+        tok.normalizer = normalizers.NFKC()
+        tok.pre_tokenizer = pre_tokenizers.Metaspace()
+        tok.decoder = decoders.Metaspace()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=SPECIALS, show_progress=False
+        )
+        tok.train_from_iterator(texts, trainer)
+        return cls(tok)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> "TextTokenizer":
+        try:
+            return cls(Tokenizer.from_file(str(path)))
+        except Exception as err:  # tokenizers raises a bare Exception for bad JSON
+            raise ValueError(f"cannot read tokenizer {path}: {err}; re-save it or retrain it") from None
+
+    def save(self, path: str | os.PathLike) -> None:
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        self.tok.save(str(tmp))
+        os.replace(tmp, path)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tok.get_vocab_size()
+
+    def encode(self, text: str) -> list[int]:
+        return self.tok.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return [e.ids for e in self.tok.encode_batch(list(texts), add_special_tokens=False)]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tok.decode(list(ids), skip_special_tokens=True)
+
+    def decode_batch(self, batch: Sequence[Sequence[int]]) -> list[str]:
+        return self.tok.decode_batch([list(ids) for ids in batch], skip_special_tokens=True)
+
+    def tokens(self, text: str) -> list[str]:
+        return self.tok.encode(text, add_special_tokens=False).tokens

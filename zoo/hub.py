@@ -1,0 +1,333 @@
+"""Checkpoints in Hugging Face Hub layout: save, strict load, resolution, publishing.
+
+A checkpoint folder holds exactly::
+
+    config.json          task, architecture, hyperparameters, tokenizer and data description, metrics
+    model.safetensors    the network's weights (tied tensors stored once)
+    tokenizer.json       the vocabulary (tokenizer_src.json too when source and target differ)
+    README.md            the model card, with model-index eval results
+
+Only JSON, safetensors and tokenizer files are ever read from a folder or a download:
+nothing is unpickled. Loading is strict: a missing, unexpected or misshapen tensor is an
+error that names it.
+
+``zoo.load(x)`` resolves ``x`` as: a local folder; else a registered ``arch.tag`` name,
+from its folder under ``checkpoints/`` (or ``$ZOO_CHECKPOINTS``) or else its Hub repo at
+the pinned revision; else a Hub repo id ``org/name``. Downloads go through the HF cache
+and honour ``HF_HUB_OFFLINE``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+import zoo
+from zoo.registry import PRETRAINED, get_architecture, get_pretrained
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONFIG, WEIGHTS, TOKENIZER, SRC_TOKENIZER, CARD = "config.json", "model.safetensors", "tokenizer.json", "tokenizer_src.json", "README.md"
+ALLOWED_FILES = [CONFIG, WEIGHTS, TOKENIZER, SRC_TOKENIZER, CARD]
+
+
+def checkpoints_dir() -> Path:
+    return Path(os.environ.get("ZOO_CHECKPOINTS", REPO_ROOT / "checkpoints"))
+
+
+# -- resolution ---------------------------------------------------------------------
+def _download(repo_id: str, revision: str | None) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    try:
+        path = snapshot_download(repo_id, revision=revision, allow_patterns=ALLOWED_FILES)
+    except LocalEntryNotFoundError:
+        raise FileNotFoundError(
+            f"{repo_id} is not in the Hugging Face cache and the Hub cannot be reached "
+            "(offline or HF_HUB_OFFLINE=1); download it once online or pass a local folder"
+        ) from None
+    except (HfHubHTTPError, OSError, ValueError) as err:
+        raise FileNotFoundError(f"could not fetch {repo_id} from the Hugging Face Hub: {err}") from None
+    return Path(path)
+
+
+def resolve_folder(name_or_path: str | os.PathLike, revision: str | None = None) -> Path:
+    """The local folder holding the checkpoint ``name_or_path`` (see module docstring)."""
+    path = Path(name_or_path).expanduser()
+    name = str(name_or_path)
+    if path.is_dir():
+        folder = path
+    elif name in PRETRAINED or ("." in name and "/" not in name):
+        entry = get_pretrained(name)  # raises with close matches when unknown
+        local = checkpoints_dir() / entry.name
+        folder = local if (local / CONFIG).exists() else _download(entry.hub_id, revision or entry.revision)
+    elif name.count("/") == 1 and not path.exists() and not name.startswith((".", "/", "~")):
+        folder = _download(name, revision)
+    elif path.exists():
+        raise ValueError(f"{path} is a file, not a checkpoint folder; give the folder that holds {CONFIG}")
+    elif os.sep in name or name.startswith((".", "~")):
+        raise FileNotFoundError(f"no checkpoint folder at {path}; check the path, or give a name from `zoo list --pretrained`")
+    else:
+        get_pretrained(name)  # unknown name: raises listing the closest ones
+        raise FileNotFoundError(f"no checkpoint at {name}")
+    if not (folder / CONFIG).exists():
+        raise FileNotFoundError(
+            f"{folder} has no {CONFIG}, so it is not a zoo checkpoint; save one with model.save_pretrained(folder)"
+        )
+    return folder
+
+
+def read_config(folder: str | os.PathLike) -> dict[str, Any]:
+    path = Path(folder) / CONFIG
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} is missing; a checkpoint folder needs it (save with model.save_pretrained)") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); restore it or save the model again") from None
+    for key in ("task", "hparams"):
+        if key not in config:
+            raise ValueError(f"{path} has no {key!r} entry; it was not written by zoo's save_pretrained")
+    return config
+
+
+# -- weights ------------------------------------------------------------------------
+def _unique_state(net: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """State dict with each shared tensor once, and a map alias -> stored name."""
+    state, aliases, seen = {}, {}, {}
+    for key, value in net.state_dict().items():
+        ptr = (value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape))
+        if value.numel() and ptr in seen:
+            aliases[key] = seen[ptr]
+        else:
+            seen[ptr] = key
+            state[key] = value
+    return state, aliases
+
+
+def save_weights(net: nn.Module, path: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
+    from safetensors.torch import save_file
+
+    state, aliases = _unique_state(net)
+    state = {
+        k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().contiguous()
+        for k, v in state.items()
+    }
+    metadata = {"format": "pt", "zoo_version": zoo.__version__, "tied": json.dumps(aliases)}
+    _atomic(path, lambda tmp: save_file(state, tmp, metadata=metadata))
+
+
+def load_weights(net: nn.Module, path: str | os.PathLike) -> None:
+    """Load ``path`` into ``net`` strictly: every tensor present, none extra, shapes equal."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing; the checkpoint folder is incomplete, download or save it again")
+    try:
+        loaded = load_file(str(path))
+    except Exception as err:  # safetensors raises its own error type for bad headers and short files
+        raise ValueError(f"{path} is truncated or corrupt ({err}); delete the folder and download or save it again") from None
+    expected, aliases = _unique_state(net)
+    missing = sorted(set(expected) - set(loaded))
+    unexpected = sorted(set(loaded) - set(expected))
+    if missing or unexpected:
+        raise ValueError(
+            f"weights in {path} do not match the model built from config.json: "
+            f"missing {missing or 'none'}, unexpected {unexpected or 'none'}; "
+            "the config and weights come from different models"
+        )
+    wrong = [f"{k} {tuple(loaded[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items() if loaded[k].shape != v.shape]
+    if wrong:
+        raise ValueError(f"weights in {path} have other shapes than the model built from config.json: {'; '.join(wrong)}")
+    for alias, key in aliases.items():
+        loaded[alias] = loaded[key]
+    net.load_state_dict(loaded, strict=True)  # copies, casting fp16 storage to the model's dtype
+
+
+# -- tokenizers ---------------------------------------------------------------------
+def _tokenizers_in(folder: Path) -> tuple[Any, Any]:
+    from zoo.data.tokenizer import TextTokenizer
+
+    if not (folder / TOKENIZER).exists():
+        raise FileNotFoundError(f"{folder} has no {TOKENIZER}; save the model with its tokenizer attached")
+    tgt = TextTokenizer.from_file(folder / TOKENIZER)
+    src = TextTokenizer.from_file(folder / SRC_TOKENIZER) if (folder / SRC_TOKENIZER).exists() else tgt
+    return src, tgt
+
+
+def load_tokenizers(name_or_path: str) -> tuple[Any, Any]:
+    """(source, target) tokenizers from a tokenizer.json file, a checkpoint folder or a pretrained name."""
+    from zoo.data.tokenizer import TextTokenizer
+
+    if str(name_or_path).endswith(".json") and Path(name_or_path).is_file():
+        tok = TextTokenizer.from_file(name_or_path)
+        return tok, tok
+    return _tokenizers_in(resolve_folder(name_or_path))
+
+
+@dataclass
+class PretrainedFiles:
+    """A resolved checkpoint folder: its config, tokenizers and weights, not yet in a model."""
+
+    folder: Path
+    config: dict[str, Any]
+
+    @property
+    def tokenizers(self) -> tuple[Any, Any] | None:
+        return _tokenizers_in(self.folder) if (self.folder / TOKENIZER).exists() else None
+
+    def load_into(self, net: nn.Module) -> None:
+        load_weights(net, self.folder / WEIGHTS)
+
+
+def read_pretrained(name_or_path: str, revision: str | None = None) -> PretrainedFiles:
+    folder = resolve_folder(name_or_path, revision)
+    return PretrainedFiles(folder, read_config(folder))
+
+
+def load(name_or_path: str, *, revision: str | None = None, **overrides: Any) -> Any:
+    """A pretrained LightningModule in eval mode with its tokenizer attached.
+
+    ``overrides`` replace task hyperparameters (``lr``, ``label_smoothing``) or, for
+    names of the architecture's config, its arguments (``dropout``).
+    """
+    from zoo.tasks import task_class
+
+    files = read_pretrained(name_or_path, revision)
+    hparams = dict(files.config["hparams"])
+    cls = task_class(files.config["task"])
+    arch_args = dict(hparams.get("arch_args") or {})
+    net_fields = {f.name for f in dataclasses.fields(get_architecture(hparams["arch"]).config)}
+    for key, value in overrides.items():
+        if key in net_fields and key not in hparams:
+            arch_args[key] = value
+        else:
+            hparams[key] = value
+    hparams["arch_args"] = arch_args
+    hparams.pop("init_from", None)
+    model = cls(**hparams)
+    files.load_into(model.net)
+    model.tokenizers = files.tokenizers
+    model.pretrained_config = files.config
+    return model.eval()
+
+
+# -- saving -------------------------------------------------------------------------
+def _atomic(path: str | os.PathLike, write: Any) -> None:
+    """Write through a temporary file in the same folder and rename: never a half-written file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _write_text(path: Path, text: str) -> None:
+    _atomic(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def model_config(model: Any, *, metrics: dict[str, Any] | None = None, data: dict[str, Any] | None = None, dtype: str = "float32") -> dict[str, Any]:
+    hparams = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(model.hparams).items() if k != "init_from"}
+    tok = model.tokenizers
+    config = {
+        "zoo_version": zoo.__version__,
+        "task": model.task_name,
+        "arch": hparams.get("arch"),
+        "hparams": hparams,
+        "net": model.net.config_dict(),
+        "num_params": sum(p.numel() for p in {id(p): p for p in model.net.parameters()}.values()),
+        "dtype": dtype,
+    }
+    if tok is not None:
+        config["tokenizer"] = {
+            "type": "BPE (Hugging Face tokenizers, Metaspace, NFKC)",
+            "joint": tok[0] is tok[1],
+            "files": [TOKENIZER] if tok[0] is tok[1] else [SRC_TOKENIZER, TOKENIZER],
+            "src_vocab_size": tok[0].vocab_size,
+            "tgt_vocab_size": tok[1].vocab_size,
+            "special_tokens": {"pad": 0, "unk": 1, "bos": 2, "eos": 3},
+        }
+    if data:
+        config["data"] = data
+    if metrics:
+        config["metrics"] = metrics
+    return config
+
+
+def save_pretrained(
+    model: Any,
+    directory: str | os.PathLike,
+    *,
+    dtype: str = "float32",
+    metrics: dict[str, Any] | None = None,
+    data: dict[str, Any] | None = None,
+    card: str | None = None,
+) -> Path:
+    """Write ``model`` in Hub layout to ``directory``; each file atomically.
+
+    Args:
+        dtype: ``"float32"`` or ``"float16"`` storage (loading casts back to the model's dtype).
+        metrics: measured figures for config.json and the card's model-index.
+        data: what the model was trained on (defaults to what the model was fitted with).
+        card: extra Markdown for the model card's body.
+    """
+    from zoo.card import write_card
+
+    if dtype not in ("float32", "float16", "bfloat16"):
+        raise ValueError(f"dtype must be float32, float16 or bfloat16, not {dtype!r}")
+    folder = Path(directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    data = data or getattr(model, "data_description", None)
+    config = model_config(model, metrics=metrics, data=data, dtype=dtype)
+    save_weights(model.net, folder / WEIGHTS, getattr(torch, dtype))
+    if model.tokenizers is not None:
+        src, tgt = model.tokenizers
+        tgt.save(folder / TOKENIZER)
+        if src is not tgt:
+            src.save(folder / SRC_TOKENIZER)
+    _write_text(folder / CONFIG, json.dumps(config, indent=2) + "\n")
+    _write_text(folder / CARD, write_card(config, body=card))
+    return folder
+
+
+def push_to_hub(model: Any, repo_id: str, *, private: bool = False, commit_message: str = "Upload zoo model", **save_kwargs: Any) -> str:
+    from huggingface_hub import HfApi
+
+    with tempfile.TemporaryDirectory() as tmp:
+        save_pretrained(model, tmp, **save_kwargs)
+        api = HfApi()
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        info = api.upload_folder(repo_id=repo_id, folder_path=tmp, commit_message=commit_message)
+    return str(info)
+
+
+def publish(name_or_path: str, repo_id: str, *, dry_run: bool = False, private: bool = False) -> list[str]:
+    """Upload a checkpoint folder as it is (weights, config, tokenizer, card) to ``repo_id``."""
+    folder = resolve_folder(name_or_path)
+    files = [f for f in ALLOWED_FILES if (folder / f).exists()]
+    total = sum((folder / f).stat().st_size for f in files)
+    print(f"{'would upload' if dry_run else 'uploading'} {folder} -> https://huggingface.co/{repo_id}")
+    for f in files:
+        print(f"  {f:22s} {(folder / f).stat().st_size / 1e6:8.2f} MB")
+    print(f"  {'total':22s} {total / 1e6:8.2f} MB")
+    if not dry_run:
+        from huggingface_hub import HfApi
+
+        api = HfApi()
+        api.create_repo(repo_id, private=private, exist_ok=True)
+        info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), allow_patterns=files, commit_message=f"Upload {folder.name}")
+        print(f"uploaded: {info}")
+    return files

@@ -1,0 +1,9 @@
+"""Plain ``nn.Module`` networks, one file per family; importing registers their sizes.
+
+Nothing here imports Lightning.
+"""
+
+from zoo.models import transformer  # noqa: F401  (registers transformer_*)
+from zoo.models.base import EncoderDecoder
+
+__all__ = ["EncoderDecoder"]

@@ -1,0 +1,49 @@
+"""What every network in ``zoo.models`` shares: a config dataclass and, for
+encoder-decoders, the three methods that shared decoding calls."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, TypeVar
+
+from torch import Tensor, nn
+
+C = TypeVar("C")
+
+
+def make_config(config_cls: type[C], defaults: dict[str, Any], overrides: dict[str, Any]) -> C:
+    """``config_cls(**defaults, **overrides)`` with a clear error for a misspelt argument."""
+    names = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(overrides) - names)
+    if unknown:
+        raise TypeError(
+            f"{config_cls.__name__} has no argument(s) {', '.join(unknown)}; valid ones: {', '.join(sorted(names))}"
+        )
+    return config_cls(**{**defaults, **overrides})
+
+
+class EncoderDecoder(nn.Module):
+    """Base of the sequence-to-sequence networks.
+
+    ``forward(src, tgt_in)`` maps source (B, S) and shifted target (B, T) token ids to
+    logits (B, T, V) for training; :mod:`zoo.nn.decoding` drives ``encode``,
+    ``init_state`` and ``decode_step`` for generation.
+    """
+
+    config: Any
+
+    def config_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self.config)
+
+    @property
+    def max_positions(self) -> int:
+        return self.config.max_len
+
+    def encode(self, src: Tensor) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def init_state(self, enc: dict[str, Any]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def decode_step(self, tokens: Tensor, enc: dict[str, Any], state: dict[str, Any]) -> Tensor:
+        raise NotImplementedError

@@ -1,0 +1,132 @@
+"""Greedy and beam search for any encoder-decoder in the zoo.
+
+A model takes part by providing three methods (see :class:`zoo.models.base.EncoderDecoder`):
+
+* ``encode(src) -> enc``: whatever the decoder needs from the source, batch first;
+* ``init_state(enc) -> state``: an empty decoding state (caches), batch first;
+* ``decode_step(tokens, enc, state) -> logits``: one step, tokens (B, 1) -> (B, V),
+  extending ``state`` in place.
+
+Every tensor in ``enc`` and ``state`` has the batch on dim 0, so :func:`reorder` can
+follow the beams generically; static caches (cross-attention keys) are identical for
+the beams of one sentence and are left alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from zoo.nn.attention import KVCache
+
+
+def reorder(state: Any, index: Tensor) -> Any:
+    """Select batch rows ``index`` from every tensor in a nested state (in place for caches)."""
+    if isinstance(state, Tensor):
+        return state.index_select(0, index)
+    if isinstance(state, KVCache):
+        if not state.static and state.k is not None:
+            state.k, state.v = state.k.index_select(0, index), state.v.index_select(0, index)
+        return state
+    if isinstance(state, dict):
+        return {key: reorder(val, index) for key, val in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(reorder(val, index) for val in state)
+    if dataclasses.is_dataclass(state):
+        for f in dataclasses.fields(state):
+            setattr(state, f.name, reorder(getattr(state, f.name), index))
+        return state
+    return state
+
+
+def length_penalty(lengths: Tensor, alpha: float) -> Tensor:
+    """GNMT length penalty ((5 + |Y|) / 6) ** alpha (Wu et al. 2016); alpha=0 ranks by raw log-prob."""
+    return ((5.0 + lengths.float()) / 6.0) ** alpha
+
+
+@torch.no_grad()
+def greedy_search(model: Any, src: Tensor, *, bos_id: int, eos_id: int, pad_id: int, max_len: int) -> tuple[Tensor, Tensor]:
+    """Most likely token at every step.
+
+    Returns tokens (B, L) without BOS, padded with ``pad_id`` after EOS, and the
+    summed log-probabilities (B,).
+    """
+    enc = model.encode(src)
+    state = model.init_state(enc)
+    b = src.size(0)
+    tokens = torch.full((b, 1), bos_id, dtype=torch.long, device=src.device)
+    scores = torch.zeros(b, device=src.device)
+    finished = torch.zeros(b, dtype=torch.bool, device=src.device)
+    for step in range(max_len):
+        logp = model.decode_step(tokens[:, -1:], enc, state).float().log_softmax(-1)  # (B, V)
+        logp[:, [pad_id, bos_id]] = float("-inf")  # never generated
+        if step == max_len - 1:
+            nxt = torch.full_like(finished, eos_id, dtype=torch.long)
+        else:
+            nxt = logp.argmax(-1)
+        nxt = nxt.masked_fill(finished, pad_id)
+        scores += logp.gather(1, nxt[:, None]).squeeze(1).masked_fill(finished, 0.0)
+        tokens = torch.cat([tokens, nxt[:, None]], dim=1)
+        finished |= nxt == eos_id
+        if finished.all():
+            break
+    return tokens[:, 1:], scores
+
+
+@torch.no_grad()
+def beam_search(
+    model: Any,
+    src: Tensor,
+    *,
+    bos_id: int,
+    eos_id: int,
+    pad_id: int,
+    max_len: int,
+    beam_size: int = 4,
+    alpha: float = 0.6,
+) -> tuple[Tensor, Tensor]:
+    """Beam search with the GNMT length penalty.
+
+    A finished beam stays in the beam and can only be extended by padding at no cost,
+    so finished and open hypotheses compete on the same summed log-probability; the
+    best of the final beam is chosen on the length-normalised score.
+
+    Returns tokens (B, L) without BOS, padded after EOS, and each hypothesis's summed
+    log-probability (B,) (not normalised).
+    """
+    b, k, device = src.size(0), beam_size, src.device
+    enc = model.encode(src)
+    enc = reorder(enc, torch.arange(b, device=device).repeat_interleave(k))  # B*k copies
+    state = model.init_state(enc)
+    tokens = torch.full((b * k, 1), bos_id, dtype=torch.long, device=device)
+    scores = torch.zeros(b, k, device=device)
+    scores[:, 1:] = float("-inf")  # all beams start equal: keep one
+    finished = torch.zeros(b * k, dtype=torch.bool, device=device)
+    base = (torch.arange(b, device=device) * k)[:, None]  # (B, 1)
+    for step in range(max_len):
+        logp = model.decode_step(tokens[:, -1:], enc, state).float().log_softmax(-1)  # (B*k, V)
+        v = logp.size(-1)
+        logp[:, [pad_id, bos_id]] = float("-inf")  # never generated
+        if step == max_len - 1:  # out of room: everything open must end now
+            eos_only = torch.full_like(logp, float("-inf"))
+            eos_only[:, eos_id] = logp[:, eos_id]
+            logp = eos_only
+        logp[finished] = float("-inf")
+        logp[finished, pad_id] = 0.0
+        cand = (scores.view(-1, 1) + logp).view(b, k * v)
+        scores, flat = cand.topk(k, dim=-1)  # (B, k)
+        rows = (base + flat // v).view(-1)  # which beam each survivor extends
+        nxt = (flat % v).view(-1)
+        tokens = torch.cat([tokens.index_select(0, rows), nxt[:, None]], dim=1)
+        finished = finished.index_select(0, rows) | (nxt == eos_id)
+        state = reorder(state, rows)
+        if finished.all():
+            break
+    tokens = tokens[:, 1:].view(b, k, -1)
+    lengths = (tokens != pad_id).sum(-1)  # EOS counts, padding does not
+    best = (scores / length_penalty(lengths, alpha)).argmax(-1)  # (B,)
+    pick = torch.arange(b, device=device)
+    return tokens[pick, best], scores[pick, best]

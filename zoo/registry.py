@@ -1,0 +1,138 @@
+"""Names to builders, and names to pretrained weights.
+
+Two dictionaries, nothing more:
+
+* ``ARCHITECTURES`` maps an architecture name (``transformer_small``) to an
+  :class:`Architecture`: the function that builds the plain ``nn.Module`` and the
+  task (``"translation"``, ``"lm"``) whose LightningModule trains it. Builders
+  register themselves with :func:`register_model`, keyed by function name.
+* ``PRETRAINED`` maps a checkpoint name ``arch.tag`` (``transformer_small.multi30k``)
+  to a :class:`Pretrained` record: where the weights live (folder under
+  ``checkpoints/``, Hub repo id and revision) and what they were measured to do.
+
+This module imports nothing heavy, so ``zoo list`` stays quick.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+__all__ = [
+    "Architecture",
+    "Pretrained",
+    "ARCHITECTURES",
+    "PRETRAINED",
+    "register_model",
+    "register_pretrained",
+    "get_architecture",
+    "get_pretrained",
+    "list_models",
+    "build_network",
+]
+
+
+@dataclass(frozen=True)
+class Architecture:
+    name: str
+    builder: Callable[..., Any]
+    task: str
+    config: type  # the config dataclass the builder fills
+    paper: str = ""
+
+
+@dataclass(frozen=True)
+class Pretrained:
+    """Metadata of one set of published weights, named ``arch.tag``."""
+
+    name: str
+    hub_id: str
+    revision: str | None = None
+    params: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+    recipe: str = ""
+    data: str = ""
+    license: str = ""
+    description: str = ""
+
+    @property
+    def arch(self) -> str:
+        return self.name.split(".", 1)[0]
+
+    @property
+    def tag(self) -> str:
+        return self.name.split(".", 1)[1]
+
+
+ARCHITECTURES: dict[str, Architecture] = {}
+PRETRAINED: dict[str, Pretrained] = {}
+
+
+def register_model(task: str, config: type, paper: str = "") -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register a builder under its function name. A second builder of the same name raises.
+
+    ``task`` names the LightningModule that trains it (``zoo.tasks.TASKS``); ``config``
+    is the dataclass whose fields the builder accepts as keyword overrides.
+    """
+
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+        name = fn.__name__
+        if name in ARCHITECTURES:
+            raise ValueError(f"model {name!r} is registered twice; rename one of the builders")
+        ARCHITECTURES[name] = Architecture(name=name, builder=fn, task=task, config=config, paper=paper)
+        return fn
+
+    return wrap
+
+
+def register_pretrained(entry: Pretrained) -> Pretrained:
+    if "." not in entry.name:
+        raise ValueError(f"pretrained name {entry.name!r} must read 'arch.tag'")
+    if entry.name in PRETRAINED:
+        raise ValueError(f"pretrained weights {entry.name!r} are registered twice")
+    PRETRAINED[entry.name] = entry
+    return entry
+
+
+def _ensure_loaded() -> None:
+    # The model files register themselves on import; they import only torch.
+    import zoo.models  # noqa: F401
+
+
+def _unknown(name: str, known: list[str], what: str) -> KeyError:
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+    hint = f"did you mean {', '.join(close)}?" if close else "see `zoo list` for the names"
+    return KeyError(f"unknown {what} {name!r}; {hint}")
+
+
+def get_architecture(name: str) -> Architecture:
+    _ensure_loaded()
+    if name not in ARCHITECTURES:
+        raise _unknown(name, sorted(ARCHITECTURES) + sorted(PRETRAINED), "model")
+    return ARCHITECTURES[name]
+
+
+def get_pretrained(name: str) -> Pretrained:
+    _ensure_loaded()
+    if name not in PRETRAINED:
+        raise _unknown(name, sorted(PRETRAINED) + sorted(ARCHITECTURES), "pretrained model")
+    return PRETRAINED[name]
+
+
+def list_models(pattern: str | None = None, pretrained: bool = False) -> list[str]:
+    """Architecture names, or with ``pretrained=True`` the ``arch.tag`` weight names.
+
+    ``pattern`` is a shell-style wildcard (``"transformer*"``).
+    """
+    _ensure_loaded()
+    names = sorted(PRETRAINED) if pretrained else sorted(ARCHITECTURES)
+    if pattern:
+        names = [n for n in names if fnmatch.fnmatch(n, pattern)]
+    return names
+
+
+def build_network(arch: str, **kwargs: Any) -> Any:
+    """Build the plain ``nn.Module`` of architecture ``arch`` with ``kwargs`` overriding its config."""
+    return get_architecture(arch).builder(**kwargs)

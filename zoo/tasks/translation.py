@@ -1,0 +1,223 @@
+"""Sequence-to-sequence translation: one LightningModule for every encoder-decoder in the zoo."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from zoo.metrics import translation_scores
+from zoo.nn.decoding import beam_search, greedy_search
+from zoo.registry import build_network
+from zoo.tasks.base import ZooModule
+
+log = logging.getLogger(__name__)
+
+
+class TranslationTask(ZooModule):
+    """Train and run any registered encoder-decoder.
+
+    Args:
+        arch: registered architecture name (``zoo list``).
+        arch_args: overrides of the architecture's config (``d_model``, ``dropout``, ...).
+        src_vocab_size, tgt_vocab_size, pad_id: linked from the data module by the CLI.
+        lr: peak learning rate (after warm-up); warmup_steps: linear warm-up, then
+            inverse square root decay (0: constant).
+        betas, eps, weight_decay: AdamW settings (paper: 0.9, 0.98, 1e-9).
+        label_smoothing: epsilon_ls of the paper (0.1).
+        init_from: a pretrained name, folder or Hub id to start from (fine-tuning); its
+            architecture and config are used, ``arch_args`` may still override e.g. dropout.
+        val_beam_size: beam used for validation BLEU (1 = greedy).
+        log_examples: source / reference / hypothesis rows logged as a table each validation.
+    """
+
+    task_name = "translation"
+
+    def __init__(
+        self,
+        arch: str = "transformer_small",
+        arch_args: dict[str, Any] | None = None,
+        src_vocab_size: int = 8000,
+        tgt_vocab_size: int = 8000,
+        pad_id: int = 0,
+        bos_id: int = 2,
+        eos_id: int = 3,
+        lr: float = 7e-4,
+        warmup_steps: int = 4000,
+        betas: tuple[float, float] = (0.9, 0.98),
+        eps: float = 1e-9,
+        weight_decay: float = 0.0,
+        label_smoothing: float = 0.1,
+        init_from: str | None = None,
+        val_beam_size: int = 1,
+        log_examples: int = 4,
+    ) -> None:
+        super().__init__()
+        arch_args = dict(arch_args or {})
+        start = None
+        if init_from:
+            from zoo.hub import read_pretrained
+
+            start = read_pretrained(init_from)
+            arch = start.config["hparams"]["arch"]
+            arch_args = {**start.config["hparams"].get("arch_args", {}), **arch_args}
+        self.save_hyperparameters(ignore=["start"])  # arch and arch_args as resolved above
+        self.net = build_network(
+            arch, src_vocab_size=src_vocab_size, tgt_vocab_size=tgt_vocab_size, pad_id=pad_id, **arch_args
+        )
+        if start is not None:
+            start.load_into(self.net)
+            self.tokenizers = start.tokenizers
+        self._val_outputs: list[tuple[str, str, str]] = []
+
+    # -- training ---------------------------------------------------------------
+    def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
+        return self.net(src, tgt_in)  # (B, T, V)
+
+    def _loss(self, batch: dict[str, Any], smoothing: float) -> tuple[Tensor, Tensor]:
+        logits = self(batch["src"], batch["tgt_in"])
+        target = batch["tgt_out"]
+        loss = F.cross_entropy(
+            logits.float().flatten(0, 1), target.flatten(),
+            ignore_index=self.hparams.pad_id, label_smoothing=smoothing, reduction="sum",
+        )
+        ntok = target.ne(self.hparams.pad_id).sum()
+        return loss / ntok, ntok
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        loss, ntok = self._loss(batch, self.hparams.label_smoothing)
+        self.log("train/loss", loss, prog_bar=True, batch_size=int(ntok))
+        self.log("train/tokens", ntok.float(), reduce_fx="sum", batch_size=1)
+        return loss
+
+    def _eval_step(self, batch: dict[str, Any], prefix: str) -> None:
+        nll, ntok = self._loss(batch, 0.0)
+        self.log(f"{prefix}/loss", nll, batch_size=int(ntok), prog_bar=True)
+        hyps = self.generate(batch["src"], beam_size=self.hparams.val_beam_size)
+        self._val_outputs += list(zip(batch["src_text"], batch["tgt_text"], hyps))
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def _eval_epoch_end(self, prefix: str) -> None:
+        rows, self._val_outputs = self._val_outputs, []
+        if not rows:
+            return
+        scores = translation_scores([h for _, _, h in rows], [r for _, r, _ in rows])
+        self.log(f"{prefix}/bleu", scores["sacrebleu"], prog_bar=True)
+        self.log(f"{prefix}/bleu_lc", scores["bleu_lc"])
+        loss = self.trainer.callback_metrics.get(f"{prefix}/loss")
+        if loss is not None:
+            self.log(f"{prefix}/ppl", torch.exp(loss))
+        self._log_examples(prefix, rows[: self.hparams.log_examples])
+
+    def _log_examples(self, prefix: str, rows: list[tuple[str, str, str]]) -> None:
+        from lightning.pytorch.loggers import WandbLogger
+
+        for logger in self.loggers:
+            if isinstance(logger, WandbLogger) and rows:
+                logger.log_table(
+                    key=f"{prefix}/examples", columns=["source", "reference", "hypothesis"],
+                    data=[list(r) for r in rows], step=self.global_step,
+                )
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    def on_fit_start(self) -> None:
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is not None and hasattr(dm, "tokenizers"):
+            self.tokenizers = dm.tokenizers
+            self.data_description = dm.describe()
+
+    on_validation_start = on_test_start = on_fit_start
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Lightning checkpoints are our own training files: keep the vocabulary with them
+        if self.tokenizers is not None:
+            checkpoint["zoo_tokenizers"] = [t.tok.to_str() for t in self.tokenizers]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "zoo_tokenizers" in checkpoint:
+            from tokenizers import Tokenizer
+
+            from zoo.data.tokenizer import TextTokenizer
+
+            src, tgt = (TextTokenizer(Tokenizer.from_str(s)) for s in checkpoint["zoo_tokenizers"])
+            self.tokenizers = (src, src) if checkpoint["zoo_tokenizers"][0] == checkpoint["zoo_tokenizers"][1] else (src, tgt)
+
+    # -- inference --------------------------------------------------------------
+    def _max_len(self, src: Tensor, max_len: int | None) -> int:
+        limit = self.net.max_positions - 1
+        if max_len is None:
+            max_len = int(src.ne(self.hparams.pad_id).sum(1).max()) * 3 // 2 + 10
+        return max(1, min(max_len, limit))
+
+    @torch.no_grad()
+    def generate(self, src: Tensor, beam_size: int = 1, max_len: int | None = None, alpha: float = 0.6) -> list[str]:
+        """Token ids (B, S) -> detokenised target sentences."""
+        ids = dict(bos_id=self.hparams.bos_id, eos_id=self.hparams.eos_id, pad_id=self.hparams.pad_id)
+        n = self._max_len(src, max_len)
+        if beam_size > 1:
+            out, _ = beam_search(self.net, src, max_len=n, beam_size=beam_size, alpha=alpha, **ids)
+        else:
+            out, _ = greedy_search(self.net, src, max_len=n, **ids)
+        if self.tokenizers is None:
+            return [" ".join(map(str, row.tolist())) for row in out]
+        return self.tokenizers[1].decode_batch(out.tolist())
+
+    def encode_sources(self, sentences: list[str]) -> Tensor:
+        """Sentences -> padded ids (B, S) with </s>, truncating (with a warning) what does not fit."""
+        if isinstance(sentences, str):
+            raise TypeError("translate takes a list of sentences; wrap a single sentence in a list")
+        if len(sentences) == 0:
+            raise ValueError("nothing to translate: the list of sentences is empty")
+        for i, s in enumerate(sentences):
+            if not isinstance(s, str) or not s.strip():
+                raise ValueError(f"sentence {i} is empty or not a string; give non-empty text to translate")
+        if self.tokenizers is None:
+            raise RuntimeError("this model has no tokenizer attached; load it with zoo.load or fit it on a data module")
+        tok = self.tokenizers[0]
+        limit = self.net.max_positions - 1  # room for </s>
+        rows = []
+        for i, ids in enumerate(tok.encode_batch(sentences)):
+            if len(ids) > limit:
+                log.warning("sentence %d has %d subwords; truncated to the model's maximum of %d", i, len(ids), limit)
+                ids = ids[:limit]
+            rows.append(ids + [tok.eos_id])
+        src = torch.full((len(rows), max(map(len, rows))), tok.pad_id, dtype=torch.long)
+        for i, r in enumerate(rows):
+            src[i, : len(r)] = torch.tensor(r)
+        return src.to(self.device)
+
+    @torch.no_grad()
+    def translate(
+        self,
+        sentences: list[str],
+        beam_size: int = 4,
+        max_len: int | None = None,
+        alpha: float = 0.6,
+        batch_size: int = 64,
+    ) -> list[str]:
+        """Translate raw sentences; returns detokenised text, one string per sentence."""
+        src = self.encode_sources(sentences)
+        was_training = self.training
+        self.eval()
+        try:
+            out = []
+            for i in range(0, src.size(0), batch_size):
+                chunk = src[i : i + batch_size]
+                chunk = chunk[:, : int(chunk.ne(self.hparams.pad_id).sum(1).max())]
+                out += self.generate(chunk, beam_size=beam_size, max_len=max_len, alpha=alpha)
+            return out
+        finally:
+            self.train(was_training)
