@@ -31,7 +31,7 @@ def configure_wandb() -> str:
     return "online"
 
 
-def _lightning(argv: list[str]) -> None:
+def _lightning(argv: list[str]) -> Any:
     from lightning.pytorch.cli import LightningCLI
     from lightning.pytorch.loggers import WandbLogger
 
@@ -68,7 +68,7 @@ def _lightning(argv: list[str]) -> None:
                         print(f"zoo: W&B run at {logger.experiment.url}")
 
     configure_wandb()
-    ZooCLI(
+    return ZooCLI(
         ZooModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
@@ -165,11 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> Any:
+    """Run the ``zoo`` command; the Lightning subcommands return their LightningCLI object."""
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in LIGHTNING_COMMANDS:
-        _lightning(argv)
-        return
+        return _lightning(argv)
     args = build_parser().parse_args(argv)
     if not getattr(args, "func", None):
         build_parser().print_help()

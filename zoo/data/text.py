@@ -196,6 +196,8 @@ class TextDataModule(L.LightningDataModule):
         max_tokens: padded tokens per training batch.
         max_len: training pairs with a side longer than this many subwords are dropped
             (and counted in the log); evaluation keeps every pair.
+        val_fraction: share of ``train_files`` held out for validation when no
+            ``val_files`` are given.
         train_limit, val_limit, test_limit: use only the first N pairs of a split.
     """
 
@@ -208,6 +210,7 @@ class TextDataModule(L.LightningDataModule):
         train_files: list[str] | None = None,
         val_files: list[str] | None = None,
         test_files: list[str] | None = None,
+        val_fraction: float = 0.05,
         tokenizer: str | None = None,
         vocab_size: int = 8000,
         joint_vocab: bool = True,
@@ -241,10 +244,16 @@ class TextDataModule(L.LightningDataModule):
                 name = MULTI30K_SPLITS[split]
                 src = read_lines(_split_file(folder, name, hp.src_lang))
                 tgt = read_lines(_split_file(folder, name, hp.tgt_lang))
+            elif split in ("train", "val") and hp.train_files and not hp.val_files:
+                # no validation files: hold out the last val_fraction of the training pairs
+                src, tgt = read_parallel(hp.train_files)
+                n_val = max(1, int(len(src) * hp.val_fraction))
+                cut = len(src) - n_val
+                src, tgt = (src[:cut], tgt[:cut]) if split == "train" else (src[cut:], tgt[cut:])
             else:
                 files = {"train": hp.train_files, "val": hp.val_files, "test": hp.test_files}[split]
                 if not files:
-                    raise ValueError(f"no {split}_files given for dataset='files'")
+                    raise ValueError(f"no {split}_files given for dataset='files'; add them to the data settings")
                 src, tgt = read_parallel(files)
             limit = {"train": hp.train_limit, "val": hp.val_limit, "test": hp.test_limit}[split]
             self._texts[split] = (src[:limit], tgt[:limit]) if limit else (src, tgt)

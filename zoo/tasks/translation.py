@@ -210,14 +210,17 @@ class TranslationTask(ZooModule):
     ) -> list[str]:
         """Translate raw sentences; returns detokenised text, one string per sentence."""
         src = self.encode_sources(sentences)
+        lengths = src.ne(self.hparams.pad_id).sum(1)
+        order = lengths.argsort(descending=True)  # similar lengths together: less padding
         was_training = self.training
         self.eval()
         try:
-            out = []
+            out: list[str] = [""] * len(sentences)
             for i in range(0, src.size(0), batch_size):
-                chunk = src[i : i + batch_size]
-                chunk = chunk[:, : int(chunk.ne(self.hparams.pad_id).sum(1).max())]
-                out += self.generate(chunk, beam_size=beam_size, max_len=max_len, alpha=alpha)
+                idx = order[i : i + batch_size]
+                chunk = src[idx, : int(lengths[idx].max())]
+                for j, hyp in zip(idx.tolist(), self.generate(chunk, beam_size=beam_size, max_len=max_len, alpha=alpha)):
+                    out[j] = hyp
             return out
         finally:
             self.train(was_training)

@@ -1,0 +1,80 @@
+"""The shared attention module against a plain reference, masks and caches."""
+
+import math
+
+import torch
+
+from zoo.nn.attention import KVCache, MultiHeadAttention, causal_mask
+
+
+def reference(mha, q_in, kv_in, mask=None):
+    """Textbook multi-head attention: softmax(QK^T / sqrt(d)) V, per head, with (B, T, S) mask."""
+    b, t, c = q_in.shape
+    h, d = mha.n_heads, mha.head_dim
+    q = mha.q_proj(q_in).view(b, t, h, d).transpose(1, 2)
+    k = mha.k_proj(kv_in).view(b, -1, h, d).transpose(1, 2)
+    v = mha.v_proj(kv_in).view(b, -1, h, d).transpose(1, 2)
+    scores = torch.einsum("bhtd,bhsd->bhts", q, k) / math.sqrt(d)
+    if mask is not None:
+        scores = scores.masked_fill(~mask[:, None], float("-inf"))
+    out = torch.einsum("bhts,bhsd->bhtd", scores.softmax(-1), v)
+    return mha.out_proj(out.transpose(1, 2).reshape(b, t, c))
+
+
+def setup(seed=0):
+    torch.manual_seed(seed)
+    return MultiHeadAttention(16, 4).eval(), torch.randn(2, 5, 16), torch.randn(2, 7, 16)
+
+
+def test_causal_mask_offsets():
+    assert causal_mask(3, 3).tolist() == [[True, False, False], [True, True, False], [True, True, True]]
+    assert causal_mask(1, 4).tolist() == [[True, True, True, True]]
+    assert causal_mask(2, 4).tolist() == [[True, True, True, False], [True, True, True, True]]
+
+
+def test_cross_attention_with_padding_matches_reference():
+    mha, q, kv = setup()
+    pad = torch.zeros(2, 7, dtype=torch.bool)
+    pad[1, 4:] = True
+    out, _ = mha(q, kv, key_padding_mask=pad)
+    ref = reference(mha, q, kv, (~pad)[:, None, :].expand(2, 5, 7))
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    out_w, w = mha(q, kv, key_padding_mask=pad, need_weights=True)
+    torch.testing.assert_close(out_w, ref, atol=1e-5, rtol=1e-5)
+    assert w.shape == (2, 4, 5, 7)
+    torch.testing.assert_close(w.sum(-1), torch.ones(2, 4, 5))
+    assert w[1, :, :, 4:].abs().max() == 0  # nothing on padding
+
+
+def test_causal_self_attention_matches_reference():
+    mha, q, _ = setup(1)
+    out, _ = mha(q, causal=True)
+    ref = reference(mha, q, q, causal_mask(5, 5)[None].expand(2, 5, 5))
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    out_w, _ = mha(q, causal=True, need_weights=True)
+    torch.testing.assert_close(out_w, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_self_cache_step_by_step_equals_full():
+    mha, q, _ = setup(2)
+    full, _ = mha(q, causal=True)
+    cache = KVCache()
+    steps = [mha(q[:, i : i + 1], causal=True, cache=cache)[0] for i in range(5)]
+    torch.testing.assert_close(torch.cat(steps, 1), full, atol=1e-5, rtol=1e-5)
+    assert cache.length == 5
+    # two new tokens at once on top of a cache keep the causal order
+    cache = KVCache()
+    first, _ = mha(q[:, :3], causal=True, cache=cache)
+    rest, _ = mha(q[:, 3:], causal=True, cache=cache)
+    torch.testing.assert_close(torch.cat([first, rest], 1), full, atol=1e-5, rtol=1e-5)
+
+
+def test_static_cache_projects_memory_once():
+    mha, q, kv = setup(3)
+    cache = KVCache(static=True)
+    a, _ = mha(q[:, :1], kv, cache=cache)
+    k_before = cache.k
+    b, _ = mha(q[:, 1:2], kv * 0, cache=cache)  # memory ignored: keys were cached
+    assert cache.k is k_before
+    ref, _ = mha(q[:, 1:2], kv)
+    torch.testing.assert_close(b, ref)

@@ -1,0 +1,103 @@
+"""The zoo command: quick listing, every recipe parses, a fit fast_dev_run, W&B offline logs."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from zoo.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
+
+
+def run_zoo(*args, env=None, stdin=None):
+    return subprocess.run([sys.executable, "-m", "zoo.cli", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, input=stdin, timeout=300)
+
+
+def test_zoo_list_is_quick_and_imports_no_lightning():
+    code = "import sys, time; t=time.time(); from zoo.cli import main; main(['list']); " \
+           "assert 'lightning' not in sys.modules and 'wandb' not in sys.modules, 'heavy import'; print(time.time()-t)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "transformer_small" in out.stdout and "translation" in out.stdout
+
+
+def test_info_of_an_architecture():
+    out = run_zoo("info", "transformer_tiny")
+    assert out.returncode == 0, out.stderr
+    info = json.loads(out.stdout)
+    assert info["task"] == "translation" and info["config"]["d_model"] == 64 and info["params"] > 0
+
+
+def test_unknown_name_is_one_clear_line():
+    out = run_zoo("info", "transformer_smal")
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("zoo: error: unknown model 'transformer_smal'; did you mean transformer_small")
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.name for c in CONFIGS])
+def test_every_yaml_parses(config, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", "--config", str(config), "--print_config"])
+    assert exit_.value.code in (0, None)
+    printed = capsys.readouterr().out
+    assert "class_path: zoo.tasks" in printed and "WandbLogger" in printed
+
+
+def smoke_args(tmp_path, multi30k, *extra):
+    """The real recipe at a tiny size; its relative run folders land in tmp_path (the cwd)."""
+    os.chdir(tmp_path)
+    return [
+        "fit", "--config", str(REPO / "configs" / "transformer_small.multi30k.yaml"),
+        "--model.init_args.arch", "transformer_tiny",
+        "--data.init_args.data_dir", str(multi30k),
+        "--data.init_args.train_limit", "300", "--data.init_args.val_limit", "16",
+        "--data.init_args.vocab_size", "300", "--data.init_args.max_tokens", "600",
+        "--trainer.precision", "32-true",
+        *extra,
+    ]
+
+
+@pytest.fixture(autouse=True)
+def keep_cwd(monkeypatch):
+    monkeypatch.chdir(os.getcwd())  # restored after each test
+
+
+def test_fit_fast_dev_run(tmp_path, multi30k):
+    cli = main(smoke_args(tmp_path, multi30k, "--trainer.fast_dev_run", "2"))
+    assert cli.trainer.state.finished
+    assert cli.model.hparams.src_vocab_size == cli.datamodule.src_vocab_size == 300  # linked from the data
+    assert cli.model.hparams.pad_id == 0
+
+
+def test_wandb_offline_run_records_what_was_logged(tmp_path, multi30k, capsys, monkeypatch):
+    import wandb
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cli = main(smoke_args(tmp_path, multi30k, "--trainer.max_steps", "6", "--trainer.val_check_interval", "3",
+                          "--trainer.log_every_n_steps", "1"))
+    run = cli.trainer.logger.experiment
+    summary = dict(run.summary)
+    config = dict(run.config)
+    run_dir = Path(run.dir).parent
+    wandb.finish()
+    for key in ("train/loss", "val/loss", "val/bleu", "val/bleu_lc", "val/ppl"):
+        assert key in summary, key
+    assert any(k.startswith("lr-AdamW") for k in summary)  # learning rate per step
+    assert summary["val/examples"]["_type"] == "table-file"
+    assert config["lr"] == 1e-3 and config["arch"] == "transformer_tiny" and config["warmup_steps"] == 800
+    # the offline run on disk holds the example tables, one per validation
+    assert list(run_dir.glob("run-*.wandb"))
+    table = json.loads(next((run_dir / "files" / "media" / "table" / "val").glob("examples_*.table.json")).read_text())
+    assert table["columns"] == ["source", "reference", "hypothesis"] and len(table["data"]) == 4
+    assert table["data"][0][1] == cli.datamodule.texts("val")[1][0]
+    out = capsys.readouterr().out
+    assert f"wandb sync {run_dir}" in out and "saved the trained model in Hub layout" in out

@@ -1,0 +1,72 @@
+import dataclasses
+
+import pytest
+import torch
+
+import zoo
+from zoo import registry
+from zoo.registry import Pretrained, register_model, register_pretrained
+
+
+def test_list_models_names_and_pattern():
+    names = zoo.list_models()
+    assert {"transformer_tiny", "transformer_small", "transformer_base"} <= set(names)
+    assert names == sorted(names)
+    assert zoo.list_models("transformer_s*") == ["transformer_small"]
+    assert zoo.list_models("nothing*") == []
+
+
+def test_pretrained_names_are_arch_dot_tag():
+    for name in zoo.list_models(pretrained=True):
+        entry = zoo.get_pretrained(name)
+        assert entry.arch in registry.ARCHITECTURES, name
+        assert entry.hub_id and entry.recipe and entry.data and entry.license
+        assert entry.params > 0 and entry.metrics
+
+
+def test_duplicate_name_raises():
+    with pytest.raises(ValueError, match="registered twice"):
+
+        @register_model(task="translation", config=object)
+        def transformer_tiny():  # noqa: F811  same name as the real one
+            pass
+
+    entry = next(iter(registry.PRETRAINED.values()), None)
+    if entry is not None:
+        with pytest.raises(ValueError, match="registered twice"):
+            register_pretrained(dataclasses.replace(entry))
+    with pytest.raises(ValueError, match="arch.tag"):
+        register_pretrained(Pretrained(name="notag", hub_id="x/y"))
+
+
+def test_unknown_name_lists_closest():
+    with pytest.raises(KeyError, match="transformer_small"):
+        zoo.create("transformer_smal")
+    with pytest.raises(KeyError, match="did you mean"):
+        zoo.get_architecture("transfomer_base")
+    with pytest.raises(KeyError, match="zoo list"):
+        zoo.get_architecture("qqqqqqqq")
+
+
+def test_unknown_argument_is_named():
+    with pytest.raises(TypeError, match="d_modle"):
+        zoo.create("transformer_tiny", d_modle=3)
+
+
+@pytest.mark.parametrize("name", zoo.list_models())
+def test_every_registered_model_tiny(name):
+    """Every architecture at a tiny size: forward, backward, finite, param count as built."""
+    arch = zoo.get_architecture(name)
+    torch.manual_seed(0)
+    tiny = dict(src_vocab_size=40, tgt_vocab_size=40, d_model=32, n_heads=2, d_ff=64,
+                encoder_layers=1, decoder_layers=1, max_len=32)
+    fields = {f.name for f in dataclasses.fields(arch.config)}
+    net = arch.builder(**{k: v for k, v in tiny.items() if k in fields})
+    src = torch.randint(4, 40, (2, 7))
+    tgt = torch.randint(4, 40, (2, 5))
+    logits = net(src, tgt)
+    assert logits.shape == (2, 5, 40)
+    logits.float().logsumexp(-1).mean().backward()
+    assert torch.isfinite(logits).all()
+    grads = [p.grad for p in net.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
