@@ -101,3 +101,32 @@ def test_wandb_offline_run_records_what_was_logged(tmp_path, multi30k, capsys, m
     assert table["data"][0][1] == cli.datamodule.texts("val")[1][0]
     out = capsys.readouterr().out
     assert f"wandb sync {run_dir}" in out and "saved the trained model in Hub layout" in out
+
+
+def test_wandb_goes_offline_without_credentials(monkeypatch, tmp_path, capsys):
+    from zoo.cli import configure_wandb
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert configure_wandb() == "offline"
+    assert os.environ["WANDB_MODE"] == "offline"
+    assert "no W&B credentials found; logging offline" in capsys.readouterr().err
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert configure_wandb() == "disabled"  # an explicit choice wins
+
+
+def test_translate_command_reads_stdin(tmp_path, tiny_model):
+    tiny_model.save_pretrained(tmp_path / "m")
+    out = run_zoo("translate", str(tmp_path / "m"), "--beam", "2", "--max-len", "5", stdin="Ein Mann.\n\nZwei Hunde.\n")
+    assert out.returncode == 0, out.stderr
+    assert len(out.stdout.splitlines()) == 2
+    out = run_zoo("translate", str(tmp_path / "m"), "", "--beam", "1")
+    assert out.returncode == 2 and "zoo: error: sentence 0 is empty" in out.stderr
+
+
+def test_publish_dry_run_command(tmp_path, tiny_model):
+    tiny_model.save_pretrained(tmp_path / "m")
+    out = run_zoo("publish", str(tmp_path / "m"), "--repo-id", "someone/tiny", "--dry-run")
+    assert out.returncode == 0, out.stderr
+    assert "would upload" in out.stdout and "model.safetensors" in out.stdout

@@ -17,16 +17,27 @@ LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 
 
 def configure_wandb() -> str:
-    """Run W&B offline unless credentials are available; returns the mode in use."""
+    """Run W&B offline unless credentials and the network are there; returns the mode in use.
+
+    An explicit ``WANDB_MODE`` always wins.
+    """
     if os.environ.get("WANDB_MODE"):
         return os.environ["WANDB_MODE"]
     netrc = os.path.expanduser("~/.netrc")
     has_key = bool(os.environ.get("WANDB_API_KEY")) or (
         os.path.exists(netrc) and "api.wandb.ai" in open(netrc, encoding="utf-8", errors="ignore").read()
     )
-    if not has_key:
+    reason = None if has_key else "no W&B credentials found"
+    if reason is None:
+        import socket
+
+        try:
+            socket.create_connection(("api.wandb.ai", 443), timeout=3).close()
+        except OSError:
+            reason = "W&B is unreachable (no network)"
+    if reason:
         os.environ["WANDB_MODE"] = "offline"
-        print("zoo: no W&B credentials found; logging offline (WANDB_MODE=offline)", file=sys.stderr)
+        print(f"zoo: {reason}; logging offline (WANDB_MODE=offline)", file=sys.stderr)
         return "offline"
     return "online"
 

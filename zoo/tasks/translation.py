@@ -134,12 +134,24 @@ class TranslationTask(ZooModule):
         self._eval_epoch_end("test")
 
     def on_fit_start(self) -> None:
+        """Take the data module's vocabulary, or check it is the one the weights were trained with."""
         dm = getattr(self.trainer, "datamodule", None)
-        if dm is not None and hasattr(dm, "tokenizers"):
-            self.tokenizers = dm.tokenizers
-            self.data_description = dm.describe()
+        if dm is None or not hasattr(dm, "tokenizers"):
+            return
+        if self.tokenizers is not None and any(
+            a.tok.to_str() != b.tok.to_str() for a, b in zip(self.tokenizers, dm.tokenizers)
+        ):
+            raise ValueError(
+                "the data module's vocabulary differs from the one this model was trained with; "
+                "point data.init_args.tokenizer at the model's checkpoint folder (or its tokenizer.json)"
+            )
+        self.tokenizers = dm.tokenizers
+        self.data_description = dm.describe()
 
-    on_validation_start = on_test_start = on_fit_start
+    on_validation_start = on_test_start = on_predict_start = on_fit_start
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[str]:
+        return self.generate(batch["src"], beam_size=self.hparams.val_beam_size)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Lightning checkpoints are our own training files: keep the vocabulary with them

@@ -1,0 +1,53 @@
+"""Every published checkpoint: metadata agrees with its files, and it reproduces its recorded BLEU."""
+
+import json
+
+import pytest
+import torch
+
+import zoo
+from zoo.hub import checkpoints_dir, read_config
+from zoo.registry import PRETRAINED
+
+NAMES = sorted(PRETRAINED)
+
+
+def folder(name):
+    path = checkpoints_dir() / name
+    if not (path / "config.json").exists():
+        pytest.fail(f"{name} is registered but {path} is missing")
+    return path
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_metadata_matches_files(name):
+    entry = zoo.get_pretrained(name)
+    path = folder(name)
+    config = read_config(path)
+    assert config["name"] == name and config["arch"] == entry.arch
+    assert config["metrics"] == entry.metrics, "registry metrics must be the ones measured with the stored weights"
+    size = sum(f.stat().st_size for f in path.iterdir())
+    assert size < 20e6, f"{name} is {size / 1e6:.1f} MB; keep checkpoints under 20 MB"
+    model = zoo.load(name)
+    n = sum(p.numel() for p in {id(p): p for p in model.net.parameters()}.values())
+    assert n == entry.params == config["num_params"]
+    assert (checkpoints_dir().parent / entry.recipe).exists(), f"recipe {entry.recipe} is missing"
+    card = (path / "README.md").read_text()
+    for key, value in entry.metrics.items():
+        assert f"| {key} | {value} |" in card
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_reproduces_recorded_bleu_on_a_fixed_slice(name, multi30k):
+    from zoo.data.text import TextDataModule
+    from zoo.metrics import bleu
+
+    config = read_config(folder(name))
+    rep = config["reproduce"]
+    torch.manual_seed(0)
+    model = zoo.load(name)
+    dm = TextDataModule(data_dir=str(multi30k), tokenizer=name, test_limit=rep["first"])
+    src, ref = dm.texts("test")
+    hyps = model.translate(src, beam_size=rep["beam_size"], batch_size=100)
+    score = bleu(hyps, ref)
+    assert abs(score - rep["sacrebleu"]) <= 0.5, f"{name}: {score:.2f} BLEU vs recorded {rep['sacrebleu']}"
