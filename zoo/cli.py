@@ -1,7 +1,7 @@
 """The ``zoo`` command.
 
 ``zoo fit|validate|test|predict --config FILE`` run LightningCLI; ``zoo list``, ``info``,
-``translate`` and ``publish`` are small commands of our own. Lightning and wandb are
+``translate``, ``attention`` and ``publish`` are small commands of our own. Lightning and wandb are
 imported only by the commands that need them, so ``zoo list`` answers at once.
 """
 
@@ -143,6 +143,23 @@ def cmd_translate(args: argparse.Namespace) -> None:
         print(line)
 
 
+def cmd_attention(args: argparse.Namespace) -> None:
+    import zoo
+    from zoo.viz import attention_figure
+
+    model = zoo.load(args.name)
+    item = model.translate([args.sentence], beam_size=args.beam, return_attention=True)[0]
+    maps = item.attention
+    if args.layer is not None:
+        names = list(maps)
+        if not 1 <= args.layer <= len(names):
+            raise ValueError(f"--layer {args.layer} does not exist; {args.name} has layers 1..{len(names)}")
+        maps = {names[args.layer - 1]: maps[names[args.layer - 1]]}
+    fig = attention_figure(maps, item.source_tokens, item.target_tokens, head=args.head, title=item.text)
+    fig.savefig(args.out, dpi=120)
+    print(f"{item.text}\nattention written to {args.out}")
+
+
 def cmd_publish(args: argparse.Namespace) -> None:
     from zoo.hub import publish
 
@@ -167,6 +184,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beam", type=int, default=4, help="beam size (1 = greedy)")
     p.add_argument("--max-len", type=int, default=None)
     p.set_defaults(func=cmd_translate)
+    p = sub.add_parser("attention", help="draw what a translation model attended to, as a heatmap")
+    p.add_argument("name", help="pretrained name, folder or Hub repo id")
+    p.add_argument("sentence")
+    p.add_argument("--out", default="attention.png")
+    p.add_argument("--beam", type=int, default=1)
+    p.add_argument("--layer", type=int, default=None, help="one decoder layer (1-based); default: all")
+    p.add_argument("--head", type=int, default=None, help="one head (0-based); default: the mean of the heads")
+    p.set_defaults(func=cmd_attention)
     p = sub.add_parser("publish", help="upload a checkpoint folder to the Hugging Face Hub")
     p.add_argument("name", help="pretrained name or folder")
     p.add_argument("--repo-id", required=True, help="ORG/NAME on the Hub")

@@ -72,5 +72,9 @@ class TextTokenizer:
     def decode_batch(self, batch: Sequence[Sequence[int]]) -> list[str]:
         return self.tok.decode_batch([list(ids) for ids in batch], skip_special_tokens=True)
 
+    def pieces(self, ids: Sequence[int]) -> list[str]:
+        """The subword string of each id (for labelling attention pictures)."""
+        return [self.tok.id_to_token(int(i)) or "<?>" for i in ids]
+
     def tokens(self, text: str) -> list[str]:
         return self.tok.encode(text, add_special_tokens=False).tokens

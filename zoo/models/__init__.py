@@ -3,6 +3,7 @@
 Nothing here imports Lightning.
 """
 
+from zoo.models import rnn_seq2seq  # noqa: F401  (registers seq2seq_*)
 from zoo.models import transformer  # noqa: F401  (registers transformer_*)
 from zoo.models.base import EncoderDecoder
 

@@ -31,6 +31,7 @@ class EncoderDecoder(nn.Module):
     """
 
     config: Any
+    has_attention: bool = False  # whether attention_maps can show what the decoder looked at
 
     def config_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self.config)
@@ -47,3 +48,7 @@ class EncoderDecoder(nn.Module):
 
     def decode_step(self, tokens: Tensor, enc: dict[str, Any], state: dict[str, Any]) -> Tensor:
         raise NotImplementedError
+
+    def attention_maps(self, src: Tensor, tgt_in: Tensor) -> dict[str, Tensor]:
+        """Named source-attention weights (B, heads, T, S) when teacher-forcing ``tgt_in``."""
+        raise ValueError(f"{type(self).__name__} has no attention over the source to show; pick a model with attention (zoo list)")

@@ -110,6 +110,8 @@ class DecoderLayer(nn.Module):
 
 
 class Transformer(EncoderDecoder):
+    has_attention = True
+
     def __init__(self, config: TransformerConfig) -> None:
         super().__init__()
         if config.share_embeddings and config.src_vocab_size != config.tgt_vocab_size:
@@ -176,6 +178,11 @@ class Transformer(EncoderDecoder):
     def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
         """Teacher forcing: src (B, S), tgt_in (B, T) -> logits (B, T, V)."""
         return self.decode(tgt_in, self.encode(src))[0]
+
+    def attention_maps(self, src: Tensor, tgt_in: Tensor) -> dict[str, Tensor]:
+        """Cross-attention of every decoder layer, (B, H, T, S) each."""
+        _, weights = self.decode(tgt_in, self.encode(src), need_weights=True)
+        return {f"layer {i + 1}": w for i, w in enumerate(weights)}
 
     def init_state(self, enc: dict[str, Tensor]) -> dict[str, Any]:
         return {"layers": [{"self": KVCache(), "cross": KVCache(static=True)} for _ in self.decoder]}

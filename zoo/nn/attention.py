@@ -133,3 +133,101 @@ class MultiHeadAttention(nn.Module):
         b, _, t, _ = out.shape
         out = out.transpose(1, 2).reshape(b, t, -1)  # (B, T, C)
         return self.out_proj(out), weights
+
+
+# --- attention of a recurrent decoder over encoder outputs --------------------------
+#
+# Bahdanau et al. 2015 and Luong et al. 2015 differ in how they score a decoder state q
+# against an encoder output k. The scores live here as siblings under one small base;
+# each projects the keys once per sentence (``precompute``), not once per decoding step.
+
+
+class SourceAttention(nn.Module):
+    """softmax(score(q, k)) over the source positions, then the weighted sum of the values.
+
+    Subclasses define ``score(query (B, T, Cq), keys (B, S, *)) -> (B, T, S)`` and may
+    override ``precompute(memory (B, S, Ck)) -> keys`` to project the keys once.
+    """
+
+    def precompute(self, memory: Tensor) -> Tensor:
+        return memory
+
+    def score(self, query: Tensor, keys: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, query: Tensor, keys: Tensor, values: Tensor, pad_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """query (B, T, Cq), keys from :meth:`precompute`, values (B, S, Cv), pad_mask (B, S) True at padding.
+
+        Returns the context (B, T, Cv) and the weights (B, T, S), zero on padding.
+        """
+        scores = self.score(query, keys)  # (B, T, S)
+        if pad_mask is not None:
+            scores = scores.masked_fill(pad_mask[:, None, :], float("-inf"))
+        weights = scores.float().softmax(-1).to(values.dtype)
+        return weights @ values, weights
+
+
+class AdditiveAttention(SourceAttention):
+    """Bahdanau: score = v^T tanh(W1 q + W2 k). Luong's "concat", v^T tanh(W [q; k]), is the same function."""
+
+    def __init__(self, query_dim: int, key_dim: int, attn_dim: int) -> None:
+        super().__init__()
+        self.w_query = nn.Linear(query_dim, attn_dim, bias=False)
+        self.w_key = nn.Linear(key_dim, attn_dim)
+        self.v = nn.Linear(attn_dim, 1, bias=False)
+
+    def precompute(self, memory: Tensor) -> Tensor:
+        return self.w_key(memory)  # (B, S, A)
+
+    def score(self, query: Tensor, keys: Tensor) -> Tensor:
+        hidden = torch.tanh(self.w_query(query)[:, :, None] + keys[:, None])  # (B, T, S, A)
+        return self.v(hidden).squeeze(-1)
+
+
+class DotAttention(SourceAttention):
+    """Luong dot: score = q . k (query and key of the same width)."""
+
+    def __init__(self, query_dim: int, key_dim: int, attn_dim: int = 0) -> None:
+        super().__init__()
+        if query_dim != key_dim:
+            raise ValueError(f"dot attention needs query_dim == key_dim, got {query_dim} and {key_dim}; use 'general'")
+
+    def score(self, query: Tensor, keys: Tensor) -> Tensor:
+        return query @ keys.transpose(1, 2)
+
+
+class ScaledDotAttention(DotAttention):
+    """Vaswani et al.: score = q . k / sqrt(d)."""
+
+    def score(self, query: Tensor, keys: Tensor) -> Tensor:
+        return query @ keys.transpose(1, 2) / math.sqrt(query.size(-1))
+
+
+class GeneralAttention(SourceAttention):
+    """Luong general: score = q^T W k, with W k computed once per sentence."""
+
+    def __init__(self, query_dim: int, key_dim: int, attn_dim: int = 0) -> None:
+        super().__init__()
+        self.w = nn.Linear(key_dim, query_dim, bias=False)
+
+    def precompute(self, memory: Tensor) -> Tensor:
+        return self.w(memory)  # (B, S, Cq)
+
+    def score(self, query: Tensor, keys: Tensor) -> Tensor:
+        return query @ keys.transpose(1, 2)
+
+
+SOURCE_ATTENTION: dict[str, type[SourceAttention]] = {
+    "additive": AdditiveAttention,
+    "concat": AdditiveAttention,
+    "dot": DotAttention,
+    "general": GeneralAttention,
+    "scaled_dot": ScaledDotAttention,
+}
+
+
+def source_attention(kind: str, query_dim: int, key_dim: int, attn_dim: int) -> SourceAttention:
+    """Build the attention ``kind``; an unknown kind names the allowed ones."""
+    if kind not in SOURCE_ATTENTION:
+        raise ValueError(f"unknown attention {kind!r}; choose one of {', '.join(SOURCE_ATTENTION)}")
+    return SOURCE_ATTENTION[kind](query_dim, key_dim, attn_dim)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -120,12 +121,22 @@ class TranslationTask(ZooModule):
     def _log_examples(self, prefix: str, rows: list[tuple[str, str, str]]) -> None:
         from lightning.pytorch.loggers import WandbLogger
 
-        for logger in self.loggers:
-            if isinstance(logger, WandbLogger) and rows:
-                logger.log_table(
-                    key=f"{prefix}/examples", columns=["source", "reference", "hypothesis"],
-                    data=[list(r) for r in rows], step=self.global_step,
-                )
+        loggers = [lg for lg in self.loggers if isinstance(lg, WandbLogger)]
+        if not loggers or not rows:
+            return
+        picture = None
+        if self.tokenizers is not None and self.net.has_attention:
+            from zoo.viz import figure_to_array
+
+            item = self.translate([rows[0][0]], beam_size=1, return_attention=True)[0]
+            picture = figure_to_array(item.figure())
+        for logger in loggers:
+            logger.log_table(
+                key=f"{prefix}/examples", columns=["source", "reference", "hypothesis"],
+                data=[list(r) for r in rows], step=self.global_step,
+            )
+            if picture is not None:
+                logger.log_image(key=f"{prefix}/attention", images=[picture], caption=[rows[0][0]], step=self.global_step)
 
     def on_validation_epoch_end(self) -> None:
         self._eval_epoch_end("val")
@@ -175,17 +186,39 @@ class TranslationTask(ZooModule):
         return max(1, min(max_len, limit))
 
     @torch.no_grad()
-    def generate(self, src: Tensor, beam_size: int = 1, max_len: int | None = None, alpha: float = 0.6) -> list[str]:
-        """Token ids (B, S) -> detokenised target sentences."""
+    def generate_ids(self, src: Tensor, beam_size: int = 1, max_len: int | None = None, alpha: float = 0.6) -> Tensor:
+        """Token ids (B, S) -> hypothesis ids (B, L), ending in </s> and padded after it."""
         ids = dict(bos_id=self.hparams.bos_id, eos_id=self.hparams.eos_id, pad_id=self.hparams.pad_id)
         n = self._max_len(src, max_len)
         if beam_size > 1:
-            out, _ = beam_search(self.net, src, max_len=n, beam_size=beam_size, alpha=alpha, **ids)
-        else:
-            out, _ = greedy_search(self.net, src, max_len=n, **ids)
+            return beam_search(self.net, src, max_len=n, beam_size=beam_size, alpha=alpha, **ids)[0]
+        return greedy_search(self.net, src, max_len=n, **ids)[0]
+
+    def generate(self, src: Tensor, beam_size: int = 1, max_len: int | None = None, alpha: float = 0.6) -> list[str]:
+        """Token ids (B, S) -> detokenised target sentences."""
+        out = self.generate_ids(src, beam_size, max_len, alpha)
         if self.tokenizers is None:
             return [" ".join(map(str, row.tolist())) for row in out]
         return self.tokenizers[1].decode_batch(out.tolist())
+
+    @torch.no_grad()
+    def _attention(self, src: Tensor, out: Tensor) -> list[Translation]:
+        """Attention of the hypotheses ``out`` (B, L) over ``src`` (B, S), trimmed per sentence."""
+        pad, eos = self.hparams.pad_id, self.hparams.eos_id
+        tgt_in = torch.cat([torch.full_like(out[:, :1], self.hparams.bos_id), out[:, :-1]], 1)
+        maps = self.net.attention_maps(src, tgt_in)  # name -> (B, H, T, S)
+        src_tok, tgt_tok = self.tokenizers
+        result = []
+        for i in range(src.size(0)):
+            s_len, t_len = int(src[i].ne(pad).sum()), int(out[i].ne(pad).sum())
+            src_ids, tgt_ids = src[i, :s_len].tolist(), out[i, :t_len].tolist()
+            result.append(Translation(
+                text=tgt_tok.decode(tgt_ids),
+                source_tokens=src_tok.pieces(src_ids),
+                target_tokens=tgt_tok.pieces(tgt_ids),
+                attention={k: w[i, :, :t_len, :s_len].float() for k, w in maps.items()},
+            ))
+        return result
 
     def encode_sources(self, sentences: list[str]) -> Tensor:
         """Sentences -> padded ids (B, S) with </s>, truncating (with a warning) what does not fit."""
@@ -219,20 +252,49 @@ class TranslationTask(ZooModule):
         max_len: int | None = None,
         alpha: float = 0.6,
         batch_size: int = 64,
-    ) -> list[str]:
-        """Translate raw sentences; returns detokenised text, one string per sentence."""
+        return_attention: bool = False,
+    ) -> list[Any]:
+        """Translate raw sentences; returns detokenised text, one string per sentence.
+
+        With ``return_attention=True`` each item is a :class:`Translation` carrying the
+        subword tokens and the source-attention weights, name -> (heads, T, S).
+        """
+        if return_attention and not self.net.has_attention:
+            raise ValueError(
+                f"{self.hparams.arch} has no attention over the source to show; pick a model with attention (zoo list)"
+            )
         src = self.encode_sources(sentences)
         lengths = src.ne(self.hparams.pad_id).sum(1)
         order = lengths.argsort(descending=True)  # similar lengths together: less padding
         was_training = self.training
         self.eval()
         try:
-            out: list[str] = [""] * len(sentences)
+            out: list[Any] = [None] * len(sentences)
             for i in range(0, src.size(0), batch_size):
                 idx = order[i : i + batch_size]
                 chunk = src[idx, : int(lengths[idx].max())]
-                for j, hyp in zip(idx.tolist(), self.generate(chunk, beam_size=beam_size, max_len=max_len, alpha=alpha)):
-                    out[j] = hyp
+                hyp = self.generate_ids(chunk, beam_size=beam_size, max_len=max_len, alpha=alpha)
+                if return_attention:
+                    items = self._attention(chunk, hyp)
+                else:
+                    items = self.tokenizers[1].decode_batch(hyp.tolist())
+                for j, item in zip(idx.tolist(), items):
+                    out[j] = item
             return out
         finally:
             self.train(was_training)
+
+
+@dataclass
+class Translation:
+    """A translation with what the model attended to."""
+
+    text: str
+    source_tokens: list[str]
+    target_tokens: list[str]
+    attention: dict[str, Tensor]  # name (e.g. "layer 3") -> (heads, T, S)
+
+    def figure(self, head: int | None = None) -> Any:
+        from zoo.viz import attention_figure
+
+        return attention_figure(self.attention, self.source_tokens, self.target_tokens, head=head, title=self.text)
