@@ -25,7 +25,7 @@ SENTENCES = [
 def main() -> None:
     os.chdir(REPO)
     import zoo
-    from zoo.cli import main as zoo_main
+    from zoo.cli import run as zoo_run
     from zoo.data.text import find_multi30k
 
     t = time.perf_counter()
@@ -42,7 +42,7 @@ def main() -> None:
         print(f"\n== {err}\n== so fine-tuning on the bundled sample {sample} instead (40 pairs)")
         args += ["--data.init_args.dataset", "files", "--data.init_args.train_files", f"[{sample}]",
                  "--data.init_args.val_fraction", "0.2", "--trainer.val_check_interval", "1.0"]
-    cli = zoo_main(args)
+    cli = zoo_run(args)
 
     out = Path(cli.trainer.log_dir or cli.trainer.default_root_dir) / "pretrained"
     tuned = zoo.load(str(out))

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from zoo.cli import main
+import zoo
+from zoo.cli import main, run
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
@@ -72,17 +73,19 @@ def keep_cwd(monkeypatch):
 
 
 def test_fit_fast_dev_run(tmp_path, multi30k):
-    cli = main(smoke_args(tmp_path, multi30k, "--trainer.fast_dev_run", "2"))
+    cli = run(smoke_args(tmp_path, multi30k, "--trainer.fast_dev_run", "2"))
     assert cli.trainer.state.finished
     assert cli.model.hparams.src_vocab_size == cli.datamodule.src_vocab_size == 300  # linked from the data
     assert cli.model.hparams.pad_id == 0
+    saved = zoo.load(str(tmp_path / "runs" / "transformer_small.multi30k" / "pretrained"))  # written after fit
+    assert saved.hparams.arch == "transformer_tiny" and saved.tokenizers[0].vocab_size == 300
 
 
 def test_wandb_offline_run_records_what_was_logged(tmp_path, multi30k, capsys, monkeypatch):
     import wandb
 
     monkeypatch.setenv("WANDB_MODE", "offline")
-    cli = main(smoke_args(tmp_path, multi30k, "--trainer.max_steps", "6", "--trainer.val_check_interval", "3",
+    cli = run(smoke_args(tmp_path, multi30k, "--trainer.max_steps", "6", "--trainer.val_check_interval", "3",
                           "--trainer.log_every_n_steps", "1"))
     run = cli.trainer.logger.experiment
     summary = dict(run.summary)

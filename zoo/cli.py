@@ -42,15 +42,60 @@ def configure_wandb() -> str:
     return "online"
 
 
+LINKABLE = ("src_vocab_size", "tgt_vocab_size", "vocab_size", "pad_id")
+
+
+def _model_class(argv: list[str]) -> Any:
+    """The task class a Lightning command will build, read from its --config files and overrides."""
+    import importlib
+    import inspect
+
+    import yaml
+
+    from zoo.tasks import TASKS, task_class
+
+    path = None
+    for i, arg in enumerate(argv):
+        files = [argv[i + 1]] if arg in ("--config", "-c") and i + 1 < len(argv) else []
+        files += [arg.split("=", 1)[1]] if arg.startswith("--config=") else []
+        for file in files:
+            try:
+                model = (yaml.safe_load(open(file, encoding="utf-8")) or {}).get("model")
+            except (OSError, yaml.YAMLError, AttributeError):
+                continue
+            path = model.get("class_path", path) if isinstance(model, dict) else (model or path)
+        if arg in ("--model", "--model.class_path") and i + 1 < len(argv) and not argv[i + 1].startswith("-"):
+            path = argv[i + 1]
+    if isinstance(path, str):
+        if "." in path:
+            module, _, name = path.rpartition(".")
+            try:
+                cls = getattr(importlib.import_module(module), name)
+                if inspect.isclass(cls):
+                    return cls
+            except (ImportError, AttributeError):
+                pass
+        for task in TASKS:
+            if task_class(task).__name__ == path:
+                return task_class(task)
+    return task_class("translation")
+
+
 def _lightning(argv: list[str]) -> Any:
     from lightning.pytorch.cli import LightningCLI
     from lightning.pytorch.loggers import WandbLogger
 
     from zoo.tasks.base import ZooModule
 
+    import inspect
+
+    # the data module's vocabulary sizes and pad id flow into whichever of them the task takes
+    task_params = inspect.signature(_model_class(argv).__init__).parameters
+    links = [name for name in LINKABLE if name in task_params]
+
     class ZooCLI(LightningCLI):
         def add_arguments_to_parser(self, parser: Any) -> None:
-            for name in ("src_vocab_size", "tgt_vocab_size", "pad_id"):
+            for name in links:
                 parser.link_arguments(f"data.{name}", f"model.init_args.{name}", apply_on="instantiate")
 
         def before_instantiate_classes(self) -> None:
@@ -201,21 +246,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> Any:
-    """Run the ``zoo`` command; the Lightning subcommands return their LightningCLI object."""
-    argv = sys.argv[1:] if argv is None else argv
+def run(argv: list[str]) -> Any:
+    """Run a ``zoo`` command; the Lightning subcommands return their LightningCLI object."""
     if argv and argv[0] in LIGHTNING_COMMANDS:
         return _lightning(argv)
     args = build_parser().parse_args(argv)
     if not getattr(args, "func", None):
         build_parser().print_help()
-        return
+        return None
     try:
         args.func(args)
     except (KeyError, ValueError, FileNotFoundError, TypeError, RuntimeError) as err:
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"zoo: error: {msg}", file=sys.stderr)
         raise SystemExit(2) from None
+    return None
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The ``zoo`` console script."""
+    run(sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ and honour ``HF_HUB_OFFLINE``.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import os
 import tempfile
@@ -136,6 +137,8 @@ def load_weights(net: nn.Module, path: str | os.PathLike) -> None:
         loaded = load_file(str(path))
     except Exception as err:  # safetensors raises its own error type for bad headers and short files
         raise ValueError(f"{path} is truncated or corrupt ({err}); delete the folder and download or save it again") from None
+    if hasattr(net, "resize_buffers"):  # count tables (n-gram) are as large as the data made them
+        net.resize_buffers({k: tuple(v.shape) for k, v in loaded.items()})
     expected, aliases = _unique_state(net)
     missing = sorted(set(expected) - set(loaded))
     unexpected = sorted(set(loaded) - set(expected))
@@ -240,7 +243,8 @@ def _write_text(path: Path, text: str) -> None:
 
 
 def model_config(model: Any, *, metrics: dict[str, Any] | None = None, data: dict[str, Any] | None = None, dtype: str = "float32") -> dict[str, Any]:
-    hparams = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(model.hparams).items() if k != "init_from"}
+    accepted = set(inspect.signature(type(model).__init__).parameters) - {"self", "init_from"}
+    hparams = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(model.hparams).items() if k in accepted}
     tok = model.tokenizers
     config = {
         "zoo_version": zoo.__version__,

@@ -8,21 +8,19 @@ cache) or, when online, downloaded from its public source into ``~/.cache/zoo/da
 
 from __future__ import annotations
 
-import gzip
 import logging
 import os
-import random
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 
+from zoo.data.base import SequenceDataModule, TokenBatchSampler, read_lines
 from zoo.data.tokenizer import TextTokenizer
 
 log = logging.getLogger(__name__)
@@ -31,14 +29,6 @@ MULTI30K_URL = "https://raw.githubusercontent.com/multi30k/dataset/master/data/t
 MULTI30K_SPLITS = {"train": "train", "val": "val", "test": "test_2016_flickr"}
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DOWNLOAD_DIR = Path(os.environ.get("ZOO_CACHE", Path.home() / ".cache" / "zoo")) / "data"
-
-
-def read_lines(path: str | os.PathLike) -> list[str]:
-    """Lines of a text file, gzip or plain, without their newlines."""
-    path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        return [line.rstrip("\n") for line in f]
 
 
 def _candidate_dirs(data_dir: str | None) -> list[Path]:
@@ -122,47 +112,6 @@ class Example:
     tgt_text: str
 
 
-class TokenBatchSampler(Sampler[list[int]]):
-    """Batches of similar length holding at most ``max_tokens`` padded tokens.
-
-    Lengths are sorted (with a little noise when shuffling, so batches differ between
-    epochs), cut into batches whose ``size * longest`` stays under the budget, and the
-    batches shuffled. Each pass over the sampler draws a new order from ``seed + epoch``.
-    """
-
-    def __init__(self, lengths: Sequence[int], max_tokens: int, shuffle: bool = True, seed: int = 0) -> None:
-        if max_tokens < max(lengths, default=1):
-            raise ValueError(f"max_tokens={max_tokens} is smaller than the longest example ({max(lengths)} tokens)")
-        self.lengths, self.max_tokens, self.shuffle, self.seed, self.epoch = list(lengths), max_tokens, shuffle, seed, 0
-        self._batches = self._make_batches(random.Random(seed))
-
-    def _make_batches(self, rng: random.Random) -> list[list[int]]:
-        noise = (lambda: rng.random()) if self.shuffle else (lambda: 0.0)
-        order = sorted(range(len(self.lengths)), key=lambda i: self.lengths[i] + noise())
-        batches, cur, longest = [], [], 0
-        for i in order:
-            longest_if = max(longest, self.lengths[i])
-            if cur and longest_if * (len(cur) + 1) > self.max_tokens:
-                batches.append(cur)
-                cur, longest_if = [], self.lengths[i]
-            cur.append(i)
-            longest = longest_if
-        if cur:
-            batches.append(cur)
-        if self.shuffle:
-            rng.shuffle(batches)
-        return batches
-
-    def __iter__(self) -> Iterator[list[int]]:
-        if self.shuffle:
-            self._batches = self._make_batches(random.Random(self.seed + self.epoch))
-            self.epoch += 1
-        return iter(self._batches)
-
-    def __len__(self) -> int:
-        return len(self._batches)
-
-
 def collate(examples: list[Example], pad_id: int, bos_id: int, eos_id: int) -> dict[str, Any]:
     """src (B, S) = tokens + </s>; tgt_in (B, T) = <s> + tokens; tgt_out (B, T) = tokens + </s>."""
 
@@ -181,7 +130,7 @@ def collate(examples: list[Example], pad_id: int, bos_id: int, eos_id: int) -> d
     }
 
 
-class TextDataModule(L.LightningDataModule):
+class TextDataModule(SequenceDataModule):
     """Parallel text for every translation model in the zoo.
 
     Args:
@@ -289,6 +238,10 @@ class TextDataModule(L.LightningDataModule):
         return self.tokenizers[1].vocab_size
 
     @property
+    def vocab_size(self) -> int:
+        return self.tgt_vocab_size
+
+    @property
     def pad_id(self) -> int:
         return self.tokenizers[1].pad_id
 
@@ -347,3 +300,156 @@ class TextDataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
+
+
+class TextLMDataModule(SequenceDataModule):
+    """One language's text for the language models.
+
+    Args:
+        dataset: ``"multi30k"`` (one side of it, ``lang``) or ``"files"``: text files with one
+            sentence or paragraph a line (``train_files``, ``val_files``, ``test_files``).
+        data_dir: where Multi30k lies (else ``$ZOO_DATA_DIR``, ``../shared/data``, download).
+        tokenizer: a tokenizer.json, checkpoint folder or pretrained name to reuse; ``None``
+            trains BPE (``vocab_size``) on the training split.
+        mode: ``"sentences"``: each line is ``<s> line </s>``, batched by token count; or
+            ``"stream"``: the training lines joined into one stream, cut into ``batch_size``
+            rows and ``bptt``-long chunks read in order, so the model carries its state
+            across chunks (truncated back-propagation through time). Evaluation always
+            scores whole sentences, so perplexities compare across models.
+        max_tokens: padded tokens per batch in sentence mode.
+        max_len: training lines longer than this many subwords are dropped (and counted).
+    """
+
+    def __init__(
+        self,
+        dataset: str = "multi30k",
+        data_dir: str | None = None,
+        lang: str = "en",
+        train_files: list[str] | None = None,
+        val_files: list[str] | None = None,
+        test_files: list[str] | None = None,
+        tokenizer: str | None = None,
+        vocab_size: int = 8000,
+        mode: str = "sentences",
+        max_tokens: int = 4096,
+        batch_size: int = 32,
+        bptt: int = 64,
+        eval_batch_size: int = 128,
+        max_len: int = 256,
+        train_limit: int | None = None,
+        val_limit: int | None = None,
+        test_limit: int | None = None,
+        num_workers: int = 0,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if dataset not in ("multi30k", "files"):
+            raise ValueError(f"dataset must be 'multi30k' or 'files', not {dataset!r}")
+        if mode not in ("sentences", "stream"):
+            raise ValueError(f"mode must be 'sentences' or 'stream', not {mode!r}")
+        self.save_hyperparameters()
+        self.hp = self.hparams
+        self._texts: dict[str, list[str]] = {}
+        self._tokenizer: TextTokenizer | None = None
+        self.datasets: dict[str, list[list[int]]] = {}
+
+    def texts(self, split: str) -> list[str]:
+        if split not in self._texts:
+            hp = self.hp
+            if hp.dataset == "multi30k":
+                lines = read_lines(_split_file(find_multi30k(hp.data_dir), MULTI30K_SPLITS[split], hp.lang))
+            else:
+                files = {"train": hp.train_files, "val": hp.val_files, "test": hp.test_files}[split]
+                if not files:
+                    raise ValueError(f"no {split}_files given for dataset='files'; add them to the data settings")
+                lines = [line for f in files for line in read_lines(f)]
+            limit = {"train": hp.train_limit, "val": hp.val_limit, "test": hp.test_limit}[split]
+            self._texts[split] = lines[:limit] if limit else lines
+        return self._texts[split]
+
+    @property
+    def tokenizer(self) -> TextTokenizer:
+        if self._tokenizer is None:
+            if self.hp.tokenizer:
+                from zoo.hub import load_tokenizers
+
+                self._tokenizer = load_tokenizers(self.hp.tokenizer)[1]
+            else:
+                self._tokenizer = TextTokenizer.train(self.texts("train"), self.hp.vocab_size)
+        return self._tokenizer
+
+    @property
+    def tokenizers(self) -> tuple[TextTokenizer, TextTokenizer]:
+        return self.tokenizer, self.tokenizer
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.vocab_size
+
+    @property
+    def pad_id(self) -> int:
+        return self.tokenizer.pad_id
+
+    def describe(self) -> dict[str, Any]:
+        name = f"multi30k {self.hp.lang}" if self.hp.dataset == "multi30k" else "user text"
+        return {"dataset": name, "lang": self.hp.lang, "test_split": "test_2016_flickr"}
+
+    def _ids(self, split: str) -> list[list[int]]:
+        if split not in self.datasets:
+            ids = [s for s in self.tokenizer.encode_batch(self.texts(split)) if s]
+            if split == "train":
+                keep = [s for s in ids if len(s) < self.hp.max_len]
+                if len(keep) < len(ids):
+                    log.warning("dropped %d of %d training lines longer than max_len=%d subwords",
+                                len(ids) - len(keep), len(ids), self.hp.max_len)
+                ids = keep
+            self.datasets[split] = ids
+        return self.datasets[split]
+
+    def setup(self, stage: str | None = None) -> None:
+        for split in {"fit": ["train", "val"], "validate": ["val"], "test": ["test"]}.get(stage or "fit", ["train", "val", "test"]):
+            self._ids(split)
+
+    def _collate(self, seqs: list[list[int]]) -> dict[str, Any]:
+        tok = self.tokenizer
+        width = max(map(len, seqs)) + 1
+        tokens = torch.full((len(seqs), width), tok.pad_id, dtype=torch.long)
+        targets = torch.full((len(seqs), width), tok.pad_id, dtype=torch.long)
+        for i, s in enumerate(seqs):
+            tokens[i, : len(s) + 1] = torch.tensor([tok.bos_id] + s)
+            targets[i, : len(s) + 1] = torch.tensor(s + [tok.eos_id])
+        return {"tokens": tokens, "targets": targets}
+
+    def _stream_batches(self) -> list[dict[str, Any]]:
+        """<s> line </s> <s> line </s> ... in ``batch_size`` rows, cut into ``bptt`` chunks."""
+        tok = self.tokenizer
+        flat = [t for s in self._ids("train") for t in [tok.bos_id] + s + [tok.eos_id]]
+        b, n = self.hp.batch_size, (len(flat) - 1) // self.hp.batch_size
+        if n < 2:
+            raise ValueError(f"the training text is too short for batch_size={b} in stream mode; lower batch_size")
+        data = torch.tensor(flat[: b * n + 1])
+        rows_in, rows_out = data[:-1].view(b, n), data[1:].view(b, n)
+        batches = []
+        for start in range(0, n, self.hp.bptt):
+            targets = rows_out[:, start : start + self.hp.bptt].clone()
+            targets[targets == tok.bos_id] = tok.pad_id  # <s> after </s> is given, not predicted
+            batches.append({"tokens": rows_in[:, start : start + self.hp.bptt], "targets": targets,
+                            "stream": True, "reset": start == 0})
+        return batches
+
+    def train_dataloader(self) -> Any:
+        if self.hp.mode == "stream":
+            return DataLoader(self._stream_batches(), batch_size=None, shuffle=False)
+        data = self._ids("train")
+        sampler = TokenBatchSampler([len(s) + 1 for s in data], self.hp.max_tokens, shuffle=True, seed=self.hp.seed)
+        return DataLoader(data, batch_sampler=sampler, collate_fn=self._collate, num_workers=self.hp.num_workers)
+
+    def _eval_loader(self, split: str) -> DataLoader:
+        return DataLoader(self._ids(split), batch_size=self.hp.eval_batch_size, collate_fn=self._collate,
+                          num_workers=self.hp.num_workers)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader("test")

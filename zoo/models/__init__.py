@@ -3,8 +3,10 @@
 Nothing here imports Lightning.
 """
 
+from zoo.models import ngram  # noqa: F401  (registers ngram)
+from zoo.models import rnn_lm  # noqa: F401  (registers rnn_lm*)
 from zoo.models import rnn_seq2seq  # noqa: F401  (registers seq2seq_*)
 from zoo.models import transformer  # noqa: F401  (registers transformer_*)
-from zoo.models.base import EncoderDecoder
+from zoo.models.base import CausalLM, EncoderDecoder
 
-__all__ = ["EncoderDecoder"]
+__all__ = ["CausalLM", "EncoderDecoder"]

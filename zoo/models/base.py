@@ -52,3 +52,33 @@ class EncoderDecoder(nn.Module):
     def attention_maps(self, src: Tensor, tgt_in: Tensor) -> dict[str, Tensor]:
         """Named source-attention weights (B, heads, T, S) when teacher-forcing ``tgt_in``."""
         raise ValueError(f"{type(self).__name__} has no attention over the source to show; pick a model with attention (zoo list)")
+
+
+class CausalLM(nn.Module):
+    """Base of the language models: next-token scores for a sequence, and a stepping API.
+
+    ``score(tokens, targets)`` gives log P(target_t | tokens_<=t) as (B, T): the one number
+    every LM's perplexity is computed from, neural or counted. Generation calls
+    ``init_state(batch_size)`` and then ``step(tokens (B, 1), state) -> logits (B, V)``.
+    """
+
+    config: Any
+    counts_only: bool = False  # True for count-based models (no optimiser)
+
+    def config_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self.config)
+
+    @property
+    def max_positions(self) -> int:
+        return self.config.max_len
+
+    def score(self, tokens: Tensor, targets: Tensor) -> Tensor:
+        logits = self(tokens)
+        logits = logits[0] if isinstance(logits, tuple) else logits
+        return logits.float().log_softmax(-1).gather(-1, targets[..., None]).squeeze(-1)
+
+    def init_state(self, batch_size: int, device: Any = None) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def step(self, tokens: Tensor, state: dict[str, Any]) -> Tensor:
+        raise NotImplementedError

@@ -130,3 +130,55 @@ def beam_search(
     best = (scores / length_penalty(lengths, alpha)).argmax(-1)  # (B,)
     pick = torch.arange(b, device=device)
     return tokens[pick, best], scores[pick, best]
+
+
+def filter_logits(logits: Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> Tensor:
+    """Scale by 1/temperature, keep the top_k tokens and the smallest set whose mass reaches top_p."""
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0 (use greedy decoding for 0), got {temperature}")
+    if not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    logits = logits.float() / temperature
+    if top_k > 0:
+        kth = logits.topk(min(top_k, logits.size(-1)), dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = logits.sort(-1, descending=True)
+        mass_before = sorted_logits.softmax(-1).cumsum(-1) - sorted_logits.softmax(-1)
+        drop = mass_before >= top_p  # tokens after the nucleus is already full
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return logits
+
+
+@torch.no_grad()
+def sample(
+    model: Any,
+    prompt: Tensor,
+    *,
+    max_new: int,
+    eos_id: int,
+    pad_id: int,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Ancestral sampling from a causal LM (``init_state`` / ``step``).
+
+    prompt (B, P), starting with BOS -> (B, P + L) with the new tokens, padded after EOS.
+    """
+    state = model.init_state(prompt.size(0), prompt.device)
+    logits = model.step(prompt, state)  # the whole prompt at once: logits after its last token
+    tokens = prompt
+    finished = torch.zeros(prompt.size(0), dtype=torch.bool, device=prompt.device)
+    for _ in range(max_new):
+        logits = filter_logits(logits, temperature, top_k, top_p)
+        logits[:, pad_id] = float("-inf")
+        nxt = torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(1)
+        nxt = nxt.masked_fill(finished, pad_id)
+        tokens = torch.cat([tokens, nxt[:, None]], 1)
+        finished |= nxt == eos_id
+        if finished.all():
+            break
+        logits = model.step(nxt[:, None], state)
+    return tokens

@@ -8,7 +8,10 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-TASKS = {"translation": "zoo.tasks.translation:TranslationTask"}
+TASKS = {
+    "translation": "zoo.tasks.translation:TranslationTask",
+    "lm": "zoo.tasks.lm:CausalLMTask",
+}
 
 
 def task_class(task: str) -> Any:

@@ -1,0 +1,82 @@
+"""What the zoo's data modules share: vocabulary size and pad id for the CLI to link into
+the model, a description for config.json, and batches by token count."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import random
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from torch.utils.data import Sampler
+
+
+def read_lines(path: str | os.PathLike) -> list[str]:
+    """Lines of a text file, gzip or plain, without their newlines."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        return [line.rstrip("\n") for line in f]
+
+
+class TokenBatchSampler(Sampler[list[int]]):
+    """Batches of similar length holding at most ``max_tokens`` padded tokens.
+
+    Lengths are sorted (with a little noise when shuffling, so batches differ between
+    epochs), cut into batches whose ``size * longest`` stays under the budget, and the
+    batches shuffled. Each pass over the sampler draws a new order from ``seed + epoch``.
+    """
+
+    def __init__(self, lengths: Sequence[int], max_tokens: int, shuffle: bool = True, seed: int = 0) -> None:
+        if max_tokens < max(lengths, default=1):
+            raise ValueError(f"max_tokens={max_tokens} is smaller than the longest example ({max(lengths)} tokens)")
+        self.lengths, self.max_tokens, self.shuffle, self.seed, self.epoch = list(lengths), max_tokens, shuffle, seed, 0
+        self._batches = self._make_batches(random.Random(seed))
+
+    def _make_batches(self, rng: random.Random) -> list[list[int]]:
+        noise = (lambda: rng.random()) if self.shuffle else (lambda: 0.0)
+        order = sorted(range(len(self.lengths)), key=lambda i: self.lengths[i] + noise())
+        batches, cur, longest = [], [], 0
+        for i in order:
+            longest_if = max(longest, self.lengths[i])
+            if cur and longest_if * (len(cur) + 1) > self.max_tokens:
+                batches.append(cur)
+                cur, longest_if = [], self.lengths[i]
+            cur.append(i)
+            longest = longest_if
+        if cur:
+            batches.append(cur)
+        if self.shuffle:
+            rng.shuffle(batches)
+        return batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        if self.shuffle:
+            self._batches = self._make_batches(random.Random(self.seed + self.epoch))
+            self.epoch += 1
+        return iter(self._batches)
+
+    def __len__(self) -> int:
+        return len(self._batches)
+
+
+class SequenceDataModule(L.LightningDataModule):
+    """Base of the text, pixel and MIDI-event data modules.
+
+    Subclasses provide ``vocab_size`` and ``pad_id`` (linked into the model by ``zoo fit``)
+    and ``describe()`` (what the data was, for config.json and the model card).
+    """
+
+    @property
+    def vocab_size(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def pad_id(self) -> int:
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        return {}

@@ -1,0 +1,170 @@
+"""The n-gram (Markov) language model with interpolated Kneser-Ney smoothing.
+
+Chen and Goodman, "An Empirical Study of Smoothing Techniques for Language Modeling",
+1998 (interpolated Kneser-Ney, one absolute discount per order, D = n1 / (n1 + 2 n2)).
+
+    P_N(w | h) = max(c(h w) - D, 0) / c(h .) + D * N1+(h .) / c(h .) * P_{N-1}(w | h')
+
+The highest order counts tokens; lower orders count continuations, N1+(. h' w): how many
+distinct tokens precede h' w. Unigrams are interpolated with the uniform distribution,
+so no token ever gets zero probability. A context never seen backs off entirely.
+
+Counts work over any token ids (subwords, MIDI events, pixel intensities). They are
+gathered in the training loop (``observe``) and kept as buffers, so they are stored in
+model.safetensors like any weights; n-grams are packed into one int64 key each.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from zoo.models.base import CausalLM, make_config
+from zoo.registry import register_model
+
+
+@dataclass
+class NGramConfig:
+    vocab_size: int = 8000
+    order: int = 3
+    pad_id: int = 0
+    bos_id: int = 2
+    max_len: int = 100_000  # an n-gram model has no length limit; this only bounds sampling
+
+
+class NGramLM(CausalLM):
+    counts_only = True  # trained by counting: no optimiser
+
+    def __init__(self, config: NGramConfig) -> None:
+        super().__init__()
+        if config.order < 1:
+            raise ValueError(f"n-gram order must be 1 or more, got {config.order}")
+        if config.vocab_size ** config.order >= 2**63:
+            raise ValueError(
+                f"order {config.order} over {config.vocab_size} tokens does not fit a 64-bit key; lower the order or the vocabulary"
+            )
+        self.config = config
+        self._pending: list[Tensor] = []
+        for n in range(1, config.order + 1):
+            self.register_buffer(f"keys{n}", torch.zeros(0, dtype=torch.long))  # sorted n-gram keys
+            self.register_buffer(f"counts{n}", torch.zeros(0))  # their (continuation) counts
+            self.register_buffer(f"ctx_keys{n}", torch.zeros(0, dtype=torch.long))  # sorted (n-1)-gram contexts
+            self.register_buffer(f"ctx_total{n}", torch.zeros(0))  # c(h .)
+            self.register_buffer(f"ctx_types{n}", torch.zeros(0))  # N1+(h .)
+        self.register_buffer("discounts", torch.zeros(config.order))
+
+    # -- counting ---------------------------------------------------------------
+    def _grams(self, tokens: Tensor, targets: Tensor) -> Tensor:
+        """Keys of the highest-order n-grams ending at each real target: (B, T) -> (M,)."""
+        k, v, t = self.config.order - 1, self.config.vocab_size, targets.size(1)
+        padded = torch.cat([tokens.new_full((tokens.size(0), k), self.config.bos_id), tokens], 1)  # BOS fills the start
+        key = torch.zeros_like(targets)
+        for i in range(k):  # context tokens, oldest first
+            key = key * v + padded[:, i + 1 : i + 1 + t]
+        key = key * v + targets
+        return key[targets.ne(self.config.pad_id)]
+
+    @torch.no_grad()
+    def observe(self, tokens: Tensor, targets: Tensor) -> None:
+        """Count the n-grams of a batch: tokens (B, T) = <s> + sentence, targets (B, T) = sentence + </s>."""
+        self._pending.append(self._grams(tokens, targets).cpu())
+
+    @torch.no_grad()
+    def _finalize(self) -> None:
+        if not self._pending:
+            return
+        fresh = torch.cat(self._pending)
+        self._pending = []
+        n_max, v = self.config.order, self.config.vocab_size
+        old_keys, old_counts = getattr(self, f"keys{n_max}"), getattr(self, f"counts{n_max}")
+        keys, inverse = torch.unique(torch.cat([old_keys, fresh]), return_inverse=True)
+        counts = torch.zeros(keys.numel()).index_add_(0, inverse, torch.cat([old_counts, torch.ones(fresh.numel())]))
+        for n in range(n_max, 0, -1):
+            setattr(self, f"keys{n}", keys)
+            setattr(self, f"counts{n}", counts)
+            n1, n2 = (counts == 1).sum().item(), (counts == 2).sum().item()
+            self.discounts[n - 1] = n1 / (n1 + 2 * n2) if n1 + n2 > 0 else 0.5
+            if n > 1:
+                ctx, ctx_inv = torch.unique(keys // v, return_inverse=True)
+                setattr(self, f"ctx_keys{n}", ctx)
+                setattr(self, f"ctx_total{n}", torch.zeros(ctx.numel()).index_add_(0, ctx_inv, counts))
+                setattr(self, f"ctx_types{n}", torch.zeros(ctx.numel()).index_add_(0, ctx_inv, torch.ones(keys.numel())))
+                # the next order down counts continuations: distinct left extensions of each suffix
+                keys, suffix_inv = torch.unique(keys % v ** (n - 1), return_inverse=True)
+                counts = torch.zeros(keys.numel()).index_add_(0, suffix_inv, torch.ones(suffix_inv.numel()))
+
+    @staticmethod
+    def _lookup(sorted_keys: Tensor, values: Tensor, query: Tensor) -> Tensor:
+        """values[i] where sorted_keys[i] == query, else 0."""
+        if sorted_keys.numel() == 0:
+            return torch.zeros(query.shape, dtype=values.dtype)
+        pos = torch.searchsorted(sorted_keys, query).clamp(max=sorted_keys.numel() - 1)
+        return torch.where(sorted_keys[pos] == query, values[pos], torch.zeros((), dtype=values.dtype))
+
+    # -- probabilities ----------------------------------------------------------
+    @torch.no_grad()
+    def log_prob(self, context: Tensor, target: Tensor) -> Tensor:
+        """log P(target | context): context (M, order-1) token ids (BOS-padded), target (M,) -> (M,)."""
+        self._finalize()
+        v = self.config.vocab_size
+        context, target = context.cpu(), target.cpu()
+        d1 = self.discounts[0]
+        cont = self._lookup(self.keys1, self.counts1, target)
+        total = self.counts1.sum().clamp(min=1.0)
+        seen = float(self.keys1.numel())
+        p = (cont - d1).clamp(min=0) / total + (d1 * seen / total + (1.0 if seen == 0 else 0.0)) / v
+        for n in range(2, self.config.order + 1):
+            h = torch.zeros_like(target)
+            for i in range(n - 1):  # the last n-1 context tokens
+                h = h * v + context[:, context.size(1) - (n - 1) + i]
+            ctx_total = self._lookup(getattr(self, f"ctx_keys{n}"), getattr(self, f"ctx_total{n}"), h)
+            ctx_types = self._lookup(getattr(self, f"ctx_keys{n}"), getattr(self, f"ctx_types{n}"), h)
+            c = self._lookup(getattr(self, f"keys{n}"), getattr(self, f"counts{n}"), h * v + target)
+            d = self.discounts[n - 1]
+            safe = ctx_total.clamp(min=1.0)
+            interpolated = (c - d).clamp(min=0) / safe + d * ctx_types / safe * p
+            p = torch.where(ctx_total > 0, interpolated, p)
+        return p.log()
+
+    def _contexts(self, tokens: Tensor) -> Tensor:
+        """(B, T) -> (B, T, order-1): the BOS-padded context before each position's target."""
+        k = self.config.order - 1
+        padded = torch.cat([torch.full((tokens.size(0), k), self.config.bos_id, dtype=torch.long), tokens.cpu()], 1)
+        return padded.unfold(1, k, 1)[:, 1 : tokens.size(1) + 1] if k > 0 else tokens.new_zeros(*tokens.shape, 0).cpu()
+
+    def score(self, tokens: Tensor, targets: Tensor) -> Tensor:
+        """log P of each target (B, T) given the tokens before it."""
+        ctx = self._contexts(tokens)
+        out = self.log_prob(ctx.reshape(targets.numel(), ctx.size(-1)), targets.reshape(-1).cpu()).view(targets.shape)
+        return out.to(targets.device)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        """Log-probabilities over the vocabulary (B, T, V), for sampling and small checks."""
+        ctx = self._contexts(tokens)  # (B, T, k)
+        b, t, k = ctx.shape
+        v = self.config.vocab_size
+        flat = ctx.reshape(b * t, 1, k).expand(b * t, v, k).reshape(b * t * v, k)
+        return self.log_prob(flat, torch.arange(v).repeat(b * t)).view(b, t, v).to(tokens.device)
+
+    def init_state(self, batch_size: int, device: Any = None) -> dict[str, Any]:
+        return {"history": torch.zeros(batch_size, 0, dtype=torch.long, device=device)}
+
+    def step(self, tokens: Tensor, state: dict[str, Any]) -> Tensor:
+        state["history"] = torch.cat([state["history"], tokens], 1)[:, -max(self.config.order, 1) :]
+        return self(state["history"])[:, -1]  # (B, V)
+
+    def resize_buffers(self, shapes: dict[str, tuple[int, ...]]) -> None:
+        """Count tables are as large as the data made them: size them before a strict load."""
+        for name, shape in shapes.items():
+            buf = getattr(self, name, None)
+            if isinstance(buf, Tensor) and name != "discounts":
+                setattr(self, name, buf.new_zeros(shape))
+
+
+@register_model(task="lm", config=NGramConfig, paper="Chen & Goodman 1998, interpolated Kneser-Ney")
+def ngram(**kw: Any) -> NGramLM:
+    """Interpolated Kneser-Ney n-gram language model (order 3 by default)."""
+    return NGramLM(make_config(NGramConfig, {}, kw))

@@ -1,0 +1,205 @@
+"""Causal language modelling: one LightningModule for every language model in the zoo,
+neural (trained by gradient) or counted (n-gram, trained by observing the data once).
+
+Perplexity is computed the same way for all of them: exp of the mean negative
+log-probability of every target token (the end-of-sentence token included), from the
+model's ``score``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from zoo.nn.decoding import sample
+from zoo.registry import build_network
+from zoo.tasks.base import ZooModule
+
+
+class CausalLMTask(ZooModule):
+    """Train and sample any registered language model.
+
+    Args:
+        arch: registered architecture name (``zoo list``), e.g. ``rnn_lm`` or ``ngram``.
+        arch_args: overrides of the architecture's config (``cell``, ``order``, ...).
+        vocab_size, pad_id: linked from the data module by the CLI.
+        lr, warmup_steps, betas, eps, weight_decay: AdamW with linear warm-up then inverse
+            square root decay (``warmup_steps=0``: constant); unused by count-based models.
+        label_smoothing: for neural models' training loss only; evaluation is exact NLL.
+        init_from: a pretrained name or folder to start from (fine-tuning).
+    """
+
+    task_name = "lm"
+
+    def __init__(
+        self,
+        arch: str = "rnn_lm",
+        arch_args: dict[str, Any] | None = None,
+        vocab_size: int = 8000,
+        pad_id: int = 0,
+        bos_id: int = 2,
+        eos_id: int = 3,
+        lr: float = 1e-3,
+        warmup_steps: int = 0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        label_smoothing: float = 0.0,
+        init_from: str | None = None,
+    ) -> None:
+        super().__init__()
+        arch_args = dict(arch_args or {})
+        start = None
+        if init_from:
+            from zoo.hub import read_pretrained
+
+            start = read_pretrained(init_from)
+            arch = start.config["hparams"]["arch"]
+            arch_args = {**start.config["hparams"].get("arch_args", {}), **arch_args}
+        self.save_hyperparameters(ignore=["start"])
+        self.net = build_network(arch, vocab_size=vocab_size, pad_id=pad_id, **arch_args)
+        if start is not None:
+            start.load_into(self.net)
+            self.tokenizers = start.tokenizers
+        self.automatic_optimization = not self.net.counts_only
+        self._stream_state: Any = None
+
+    # -- training ---------------------------------------------------------------
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
+        tokens, targets = batch["tokens"], batch["targets"]
+        ntok = targets.ne(self.hparams.pad_id).sum()
+        if self.net.counts_only:
+            if self.current_epoch > 0:
+                raise RuntimeError("a count-based model must see the training data once: set trainer.max_epochs=1")
+            self.net.observe(tokens, targets)
+            self.log("train/tokens", ntok.float(), reduce_fx="sum", batch_size=1)
+            return None
+        state = None
+        if batch.get("stream") and not batch.get("reset"):
+            state = self.net.detach_state(self._stream_state)  # truncated BPTT: carry, don't backpropagate
+        logits, new_state = self.net(tokens, state)
+        if batch.get("stream"):
+            self._stream_state = new_state
+        loss = F.cross_entropy(
+            logits.float().flatten(0, 1), targets.flatten(), ignore_index=self.hparams.pad_id,
+            label_smoothing=self.hparams.label_smoothing,
+        )
+        self.log("train/loss", loss, prog_bar=True, batch_size=int(ntok))
+        self.log("train/tokens", ntok.float(), reduce_fx="sum", batch_size=1)
+        return loss
+
+    def _eval_step(self, batch: dict[str, Any], prefix: str) -> None:
+        targets = batch["targets"]
+        mask = targets.ne(self.hparams.pad_id)
+        logp = self.net.score(batch["tokens"], targets)  # (B, T)
+        ntok = mask.sum()
+        nll = -(logp * mask).sum() / ntok
+        self.log(f"{prefix}/loss", nll, batch_size=int(ntok), prog_bar=True)
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def _log_ppl(self, prefix: str) -> None:
+        loss = self.trainer.callback_metrics.get(f"{prefix}/loss")
+        if loss is not None:
+            self.log(f"{prefix}/ppl", torch.exp(loss), prog_bar=True)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_ppl("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_ppl("test")
+
+    def on_fit_start(self) -> None:
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is not None and hasattr(dm, "tokenizers"):
+            if self.tokenizers is not None and self.tokenizers[1].tok.to_str() != dm.tokenizers[1].tok.to_str():
+                raise ValueError(
+                    "the data module's vocabulary differs from the one this model was trained with; "
+                    "point data.init_args.tokenizer at the model's checkpoint folder (or its tokenizer.json)"
+                )
+            self.tokenizers = dm.tokenizers
+            self.data_description = dm.describe()
+
+    on_validation_start = on_test_start = on_fit_start
+
+    def on_train_epoch_start(self) -> None:
+        self._stream_state = None
+
+    def configure_optimizers(self) -> Any:
+        return None if self.net.counts_only else super().configure_optimizers()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.tokenizers is not None:
+            checkpoint["zoo_tokenizers"] = [self.tokenizers[1].tok.to_str()]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "zoo_tokenizers" in checkpoint:
+            from tokenizers import Tokenizer
+
+            from zoo.data.tokenizer import TextTokenizer
+
+            tok = TextTokenizer(Tokenizer.from_str(checkpoint["zoo_tokenizers"][0]))
+            self.tokenizers = (tok, tok)
+        if self.net.counts_only:  # count tables are as large as the data made them
+            prefix = "net."
+            self.net.resize_buffers({k[len(prefix):]: tuple(v.shape) for k, v in checkpoint["state_dict"].items()})
+
+    # -- inference --------------------------------------------------------------
+    @torch.no_grad()
+    def perplexity(self, texts: list[str], batch_size: int = 128) -> float:
+        """exp(mean NLL per token, </s> included) of raw sentences."""
+        if not texts:
+            raise ValueError("no text to score: the list is empty")
+        tok = self._tokenizer()
+        total, count = 0.0, 0
+        self.eval()
+        for i in range(0, len(texts), batch_size):
+            ids = [s for s in tok.encode_batch(texts[i : i + batch_size]) if s]
+            width = max(map(len, ids)) + 1
+            tokens = torch.full((len(ids), width), tok.pad_id, dtype=torch.long, device=self.device)
+            targets = tokens.clone()
+            for j, s in enumerate(ids):
+                tokens[j, : len(s) + 1] = torch.tensor([tok.bos_id] + s)
+                targets[j, : len(s) + 1] = torch.tensor(s + [tok.eos_id])
+            mask = targets.ne(tok.pad_id)
+            total += float(-(self.net.score(tokens, targets) * mask).sum())
+            count += int(mask.sum())
+        return float(torch.exp(torch.tensor(total / count)))
+
+    def _tokenizer(self) -> Any:
+        if self.tokenizers is None:
+            raise RuntimeError("this model has no tokenizer attached; load it with zoo.load or fit it on a data module")
+        return self.tokenizers[1]
+
+    @torch.no_grad()
+    def sample(
+        self,
+        prompts: list[str] | None = None,
+        num_samples: int = 1,
+        max_len: int = 50,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+    ) -> list[str]:
+        """Continue each prompt (or start from nothing) by ancestral sampling; returns the texts."""
+        tok = self._tokenizer()
+        prompts = prompts if prompts is not None else [""] * num_samples
+        if isinstance(prompts, str):
+            raise TypeError("sample takes a list of prompts; wrap a single prompt in a list")
+        gen = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
+        self.eval()
+        out = []
+        for prompt in prompts:
+            ids = torch.tensor([[tok.bos_id] + tok.encode(prompt)], device=self.device)
+            seq = sample(self.net, ids, max_new=max_len, eos_id=tok.eos_id, pad_id=tok.pad_id,
+                         temperature=temperature, top_k=top_k, top_p=top_p, generator=gen)
+            out.append(tok.decode(seq[0].tolist()))
+        return out
