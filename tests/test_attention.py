@@ -78,3 +78,51 @@ def test_static_cache_projects_memory_once():
     assert cache.k is k_before
     ref, _ = mha(q[:, 1:2], kv)
     torch.testing.assert_close(b, ref)
+
+
+# --- source attention (Bahdanau / Luong) against scores computed by hand -------------
+import pytest  # noqa: E402
+
+from zoo.nn.attention import SOURCE_ATTENTION, source_attention  # noqa: E402
+
+
+def hand_scores(kind, att, q, k):
+    """(B, T, Cq), (B, S, Ck) -> (B, T, S), one pair at a time, straight from the papers' formulas."""
+    b, t, s = q.size(0), q.size(1), k.size(1)
+    out = torch.zeros(b, t, s)
+    for i in range(b):
+        for j in range(t):
+            for m in range(s):
+                qi, km = q[i, j], k[i, m]
+                if kind in ("additive", "concat"):  # v^T tanh(W1 q + W2 k)
+                    out[i, j, m] = att.v.weight[0] @ torch.tanh(att.w_query.weight @ qi + att.w_key.weight @ km + att.w_key.bias)
+                elif kind == "dot":
+                    out[i, j, m] = qi @ km
+                elif kind == "scaled_dot":
+                    out[i, j, m] = qi @ km / math.sqrt(qi.numel())
+                elif kind == "general":  # q^T W k
+                    out[i, j, m] = qi @ (att.w.weight @ km)
+    return out
+
+
+@pytest.mark.parametrize("kind", list(SOURCE_ATTENTION))
+def test_source_attention_scores_match_hand_computation(kind):
+    torch.manual_seed(0)
+    qd, kd = (6, 6) if "dot" in kind else (6, 10)
+    att = source_attention(kind, qd, kd, attn_dim=5)
+    q, k, v = torch.randn(2, 3, qd), torch.randn(2, 4, kd), torch.randn(2, 4, 7)
+    pad = torch.tensor([[False] * 4, [False, False, True, True]])
+    keys = att.precompute(k)
+    torch.testing.assert_close(att.score(q, keys), hand_scores(kind, att, q, k), atol=1e-5, rtol=1e-5)
+    ctx, w = att(q, keys, v, pad)
+    torch.testing.assert_close(w.sum(-1), torch.ones(2, 3))  # a distribution over the source
+    assert w[1, :, 2:].abs().max() == 0  # nothing on padding
+    expected = hand_scores(kind, att, q, k).masked_fill(pad[:, None], float("-inf")).softmax(-1) @ v
+    torch.testing.assert_close(ctx, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_unknown_attention_kind_names_the_allowed_ones():
+    with pytest.raises(ValueError, match="unknown attention 'cosine'; choose one of additive, concat, dot, general, scaled_dot"):
+        source_attention("cosine", 4, 4, 4)
+    with pytest.raises(ValueError, match="dot attention needs query_dim == key_dim"):
+        source_attention("dot", 4, 8, 4)

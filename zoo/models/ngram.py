@@ -96,6 +96,10 @@ class NGramLM(CausalLM):
                 keys, suffix_inv = torch.unique(keys % v ** (n - 1), return_inverse=True)
                 counts = torch.zeros(keys.numel()).index_add_(0, suffix_inv, torch.ones(suffix_inv.numel()))
 
+    def _save_to_state_dict(self, destination: Any, prefix: str, keep_vars: bool) -> None:
+        self._finalize()  # counts still pending from the training loop go into the tables first
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+
     @staticmethod
     def _lookup(sorted_keys: Tensor, values: Tensor, query: Tensor) -> Tensor:
         """values[i] where sorted_keys[i] == query, else 0."""
