@@ -137,8 +137,6 @@ def load_weights(net: nn.Module, path: str | os.PathLike) -> None:
         loaded = load_file(str(path))
     except Exception as err:  # safetensors raises its own error type for bad headers and short files
         raise ValueError(f"{path} is truncated or corrupt ({err}); delete the folder and download or save it again") from None
-    if hasattr(net, "resize_buffers"):  # count tables (n-gram) are as large as the data made them
-        net.resize_buffers({k: tuple(v.shape) for k, v in loaded.items()})
     expected, aliases = _unique_state(net)
     missing = sorted(set(expected) - set(loaded))
     unexpected = sorted(set(loaded) - set(expected))
@@ -148,7 +146,12 @@ def load_weights(net: nn.Module, path: str | os.PathLike) -> None:
             f"missing {missing or 'none'}, unexpected {unexpected or 'none'}; "
             "the config and weights come from different models"
         )
-    wrong = [f"{k} {tuple(loaded[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items() if loaded[k].shape != v.shape]
+    data_sized = set(getattr(net, "data_sized_buffers", ()))  # e.g. n-gram counts: as large as the data made them
+    wrong = [
+        f"{k} {tuple(loaded[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if loaded[k].shape != v.shape and k not in data_sized
+    ]
     if wrong:
         raise ValueError(f"weights in {path} have other shapes than the model built from config.json: {'; '.join(wrong)}")
     for alias, key in aliases.items():

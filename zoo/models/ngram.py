@@ -37,6 +37,7 @@ class NGramConfig:
 
 class NGramLM(CausalLM):
     counts_only = True  # trained by counting: no optimiser
+    data_sized_buffers = ("grams", "counts")  # sized by the data, not the config
 
     def __init__(self, config: NGramConfig) -> None:
         super().__init__()
@@ -47,14 +48,12 @@ class NGramLM(CausalLM):
                 f"order {config.order} over {config.vocab_size} tokens does not fit a 64-bit key; lower the order or the vocabulary"
             )
         self.config = config
+        # What is stored: the highest-order n-grams (sorted keys) and how often each was seen.
+        # Everything else (lower orders, context totals, discounts) follows from them.
+        self.register_buffer("grams", torch.zeros(0, dtype=torch.long))
+        self.register_buffer("counts", torch.zeros(0, dtype=torch.long))
         self._pending: list[Tensor] = []
-        for n in range(1, config.order + 1):
-            self.register_buffer(f"keys{n}", torch.zeros(0, dtype=torch.long))  # sorted n-gram keys
-            self.register_buffer(f"counts{n}", torch.zeros(0))  # their (continuation) counts
-            self.register_buffer(f"ctx_keys{n}", torch.zeros(0, dtype=torch.long))  # sorted (n-1)-gram contexts
-            self.register_buffer(f"ctx_total{n}", torch.zeros(0))  # c(h .)
-            self.register_buffer(f"ctx_types{n}", torch.zeros(0))  # N1+(h .)
-        self.register_buffer("discounts", torch.zeros(config.order))
+        self._tables: list[dict[str, Tensor]] | None = None
 
     # -- counting ---------------------------------------------------------------
     def _grams(self, tokens: Tensor, targets: Tensor) -> Tensor:
@@ -71,34 +70,55 @@ class NGramLM(CausalLM):
     def observe(self, tokens: Tensor, targets: Tensor) -> None:
         """Count the n-grams of a batch: tokens (B, T) = <s> + sentence, targets (B, T) = sentence + </s>."""
         self._pending.append(self._grams(tokens, targets).cpu())
+        self._tables = None
 
     @torch.no_grad()
     def _finalize(self) -> None:
+        """Merge the pending observations into the stored counts."""
         if not self._pending:
             return
         fresh = torch.cat(self._pending)
         self._pending = []
-        n_max, v = self.config.order, self.config.vocab_size
-        old_keys, old_counts = getattr(self, f"keys{n_max}"), getattr(self, f"counts{n_max}")
-        keys, inverse = torch.unique(torch.cat([old_keys, fresh]), return_inverse=True)
-        counts = torch.zeros(keys.numel()).index_add_(0, inverse, torch.cat([old_counts, torch.ones(fresh.numel())]))
-        for n in range(n_max, 0, -1):
-            setattr(self, f"keys{n}", keys)
-            setattr(self, f"counts{n}", counts)
+        keys, inverse = torch.unique(torch.cat([self.grams, fresh]), return_inverse=True)
+        counts = torch.zeros(keys.numel(), dtype=torch.long).index_add_(
+            0, inverse, torch.cat([self.counts, torch.ones(fresh.numel(), dtype=torch.long)])
+        )
+        self.grams, self.counts = keys, counts
+        self._tables = None
+
+    @torch.no_grad()
+    def tables(self) -> list[dict[str, Tensor]]:
+        """Per order n = 1..N: sorted keys and (continuation) counts, context totals and types, discount."""
+        self._finalize()
+        if self._tables is not None:
+            return self._tables
+        v, tables = self.config.vocab_size, []
+        keys, counts = self.grams, self.counts.float()
+        for n in range(self.config.order, 0, -1):
             n1, n2 = (counts == 1).sum().item(), (counts == 2).sum().item()
-            self.discounts[n - 1] = n1 / (n1 + 2 * n2) if n1 + n2 > 0 else 0.5
+            table = {"keys": keys, "counts": counts, "discount": torch.tensor(n1 / (n1 + 2 * n2) if n1 + n2 else 0.5)}
             if n > 1:
                 ctx, ctx_inv = torch.unique(keys // v, return_inverse=True)
-                setattr(self, f"ctx_keys{n}", ctx)
-                setattr(self, f"ctx_total{n}", torch.zeros(ctx.numel()).index_add_(0, ctx_inv, counts))
-                setattr(self, f"ctx_types{n}", torch.zeros(ctx.numel()).index_add_(0, ctx_inv, torch.ones(keys.numel())))
+                table["ctx_keys"] = ctx
+                table["ctx_total"] = torch.zeros(ctx.numel()).index_add_(0, ctx_inv, counts)
+                table["ctx_types"] = torch.zeros(ctx.numel()).index_add_(0, ctx_inv, torch.ones(keys.numel()))
                 # the next order down counts continuations: distinct left extensions of each suffix
                 keys, suffix_inv = torch.unique(keys % v ** (n - 1), return_inverse=True)
                 counts = torch.zeros(keys.numel()).index_add_(0, suffix_inv, torch.ones(suffix_inv.numel()))
+            tables.append(table)
+        self._tables = tables[::-1]
+        return self._tables
 
     def _save_to_state_dict(self, destination: Any, prefix: str, keep_vars: bool) -> None:
         self._finalize()  # counts still pending from the training loop go into the tables first
         super()._save_to_state_dict(destination, prefix, keep_vars)
+
+    def _load_from_state_dict(self, state_dict: Any, prefix: str, *args: Any) -> None:
+        for name in ("grams", "counts"):  # the tables are as large as the data made them
+            if prefix + name in state_dict:
+                setattr(self, name, torch.empty_like(state_dict[prefix + name]))
+        self._pending, self._tables = [], None
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     @staticmethod
     def _lookup(sorted_keys: Tensor, values: Tensor, query: Tensor) -> Tensor:
@@ -112,25 +132,25 @@ class NGramLM(CausalLM):
     @torch.no_grad()
     def log_prob(self, context: Tensor, target: Tensor) -> Tensor:
         """log P(target | context): context (M, order-1) token ids (BOS-padded), target (M,) -> (M,)."""
-        self._finalize()
+        tables = self.tables()
         v = self.config.vocab_size
         context, target = context.cpu(), target.cpu()
-        d1 = self.discounts[0]
-        cont = self._lookup(self.keys1, self.counts1, target)
-        total = self.counts1.sum().clamp(min=1.0)
-        seen = float(self.keys1.numel())
-        p = (cont - d1).clamp(min=0) / total + (d1 * seen / total + (1.0 if seen == 0 else 0.0)) / v
+        uni = tables[0]
+        d1, total, seen = uni["discount"], uni["counts"].sum().clamp(min=1.0), float(uni["keys"].numel())
+        cont = self._lookup(uni["keys"], uni["counts"], target)
+        # unigrams interpolate with the uniform distribution (all of it when nothing was seen)
+        p = (cont - d1).clamp(min=0) / total + (d1 * seen / total if seen else 1.0) / v
         for n in range(2, self.config.order + 1):
+            t = tables[n - 1]
             h = torch.zeros_like(target)
             for i in range(n - 1):  # the last n-1 context tokens
                 h = h * v + context[:, context.size(1) - (n - 1) + i]
-            ctx_total = self._lookup(getattr(self, f"ctx_keys{n}"), getattr(self, f"ctx_total{n}"), h)
-            ctx_types = self._lookup(getattr(self, f"ctx_keys{n}"), getattr(self, f"ctx_types{n}"), h)
-            c = self._lookup(getattr(self, f"keys{n}"), getattr(self, f"counts{n}"), h * v + target)
-            d = self.discounts[n - 1]
+            ctx_total = self._lookup(t["ctx_keys"], t["ctx_total"], h)
+            ctx_types = self._lookup(t["ctx_keys"], t["ctx_types"], h)
+            c = self._lookup(t["keys"], t["counts"], h * v + target)
             safe = ctx_total.clamp(min=1.0)
-            interpolated = (c - d).clamp(min=0) / safe + d * ctx_types / safe * p
-            p = torch.where(ctx_total > 0, interpolated, p)
+            interpolated = (c - t["discount"]).clamp(min=0) / safe + t["discount"] * ctx_types / safe * p
+            p = torch.where(ctx_total > 0, interpolated, p)  # a context never seen backs off entirely
         return p.log()
 
     def _contexts(self, tokens: Tensor) -> Tensor:
@@ -159,13 +179,6 @@ class NGramLM(CausalLM):
     def step(self, tokens: Tensor, state: dict[str, Any]) -> Tensor:
         state["history"] = torch.cat([state["history"], tokens], 1)[:, -max(self.config.order, 1) :]
         return self(state["history"])[:, -1]  # (B, V)
-
-    def resize_buffers(self, shapes: dict[str, tuple[int, ...]]) -> None:
-        """Count tables are as large as the data made them: size them before a strict load."""
-        for name, shape in shapes.items():
-            buf = getattr(self, name, None)
-            if isinstance(buf, Tensor) and name != "discounts":
-                setattr(self, name, buf.new_zeros(shape))
 
 
 @register_model(task="lm", config=NGramConfig, paper="Chen & Goodman 1998, interpolated Kneser-Ney")

@@ -147,9 +147,6 @@ class CausalLMTask(ZooModule):
 
             tok = TextTokenizer(Tokenizer.from_str(checkpoint["zoo_tokenizers"][0]))
             self.tokenizers = (tok, tok)
-        if self.net.counts_only:  # count tables are as large as the data made them
-            prefix = "net."
-            self.net.resize_buffers({k[len(prefix):]: tuple(v.shape) for k, v in checkpoint["state_dict"].items()})
 
     # -- inference --------------------------------------------------------------
     @torch.no_grad()
