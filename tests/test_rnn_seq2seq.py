@@ -15,9 +15,11 @@ VARIANTS = {
     "bahdanau": ("seq2seq_bahdanau", {}),
     "bahdanau-reversed": ("seq2seq_bahdanau", {"reverse_source": True}),
     "luong-general": ("seq2seq_luong", {}),
+    "luong-bi": ("seq2seq_luong", {"bidirectional": True}),
     "luong-dot": ("seq2seq_luong", {"attention": "dot", "bidirectional": False}),
     "luong-concat-no-feed": ("seq2seq_luong", {"attention": "concat", "input_feeding": False}),
     "luong-scaled": ("seq2seq_luong", {"attention": "scaled_dot", "bidirectional": False, "cell": "rnn"}),
+    "luong-tied": ("seq2seq_luong", {"share_embeddings": True, "tie_output": True}),
 }
 
 
@@ -127,3 +129,10 @@ def test_unknown_cell_and_decoder():
         build_network("seq2seq_lstm", cell="lstn")
     with pytest.raises(ValueError, match="unknown decoder 'graves'; choose one of sutskever, bahdanau, luong"):
         build_network("seq2seq_lstm", decoder="graves")
+
+
+def test_tied_and_shared_embeddings():
+    net = tiny("seq2seq_luong", share_embeddings=True, tie_output=True)
+    assert net.tgt_embed is net.encoder.embed and net.out_proj.weight is net.tgt_embed.weight
+    with pytest.raises(ValueError, match="share_embeddings needs src_vocab_size == tgt_vocab_size"):
+        build_network("seq2seq_luong", src_vocab_size=10, tgt_vocab_size=12, share_embeddings=True)

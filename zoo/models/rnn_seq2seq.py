@@ -46,6 +46,8 @@ class RNNSeq2SeqConfig:
     attention: str = "additive"  # score for bahdanau / luong: additive | concat | dot | general | scaled_dot
     attn_dim: int = 256
     input_feeding: bool = True  # luong: feed h~ of the previous step into the RNN
+    share_embeddings: bool = False  # one table for source and target (needs a joint vocabulary)
+    tie_output: bool = False  # output layer = target embedding, through a hidden -> emb projection
     max_len: int = 256
 
 
@@ -209,17 +211,24 @@ class RNNSeq2Seq(EncoderDecoder):
         self.config = c = config
         self.encoder = RecurrentEncoder(c)
         memory_dim = c.hidden_dim * (2 if c.bidirectional else 1)
-        self.tgt_embed = nn.Embedding(c.tgt_vocab_size, c.emb_dim, padding_idx=c.pad_id)
+        if c.share_embeddings and c.src_vocab_size != c.tgt_vocab_size:
+            raise ValueError("share_embeddings needs src_vocab_size == tgt_vocab_size (a joint vocabulary)")
+        self.tgt_embed = (
+            self.encoder.embed if c.share_embeddings else nn.Embedding(c.tgt_vocab_size, c.emb_dim, padding_idx=c.pad_id)
+        )
         self.decoder = DECODERS[c.decoder](c, memory_dim)
         self.drop = nn.Dropout(c.dropout)
-        self.out_proj = nn.Linear(c.hidden_dim, c.tgt_vocab_size)
+        self.out_hidden = nn.Linear(c.hidden_dim, c.emb_dim) if c.tie_output else nn.Identity()
+        self.out_proj = nn.Linear(c.emb_dim if c.tie_output else c.hidden_dim, c.tgt_vocab_size)
         self.has_attention = c.decoder != "sutskever"
         self.reset_parameters()
+        if c.tie_output:
+            self.out_proj.weight = self.tgt_embed.weight
 
     def reset_parameters(self) -> None:
         for p in self.parameters():
             nn.init.uniform_(p, -0.08, 0.08)  # Sutskever et al. 2014, section 3.4
-        for emb in (self.encoder.embed, self.tgt_embed):
+        for emb in {self.encoder.embed, self.tgt_embed}:
             with torch.no_grad():
                 emb.weight[self.config.pad_id].zero_()
 
@@ -242,7 +251,7 @@ class RNNSeq2Seq(EncoderDecoder):
         """tgt_in (B, T) -> logits (B, T, V) and attention weights (B, T, S) or None."""
         state = self.init_state(enc) if state is None else state
         out, weights = self.decoder.sequence(self.drop(self.tgt_embed(tgt_in)), enc, state)
-        return self.out_proj(self.drop(out)), weights
+        return self.out_proj(self.out_hidden(self.drop(out))), weights
 
     def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
         return self.decode(tgt_in, self.encode(src))[0]
@@ -287,6 +296,6 @@ def seq2seq_bahdanau(**kw: Any) -> RNNSeq2Seq:
 
 @register_model(task="translation", config=RNNSeq2SeqConfig, paper="Luong et al. 2015, Effective Approaches to Attention-based NMT")
 def seq2seq_luong(**kw: Any) -> RNNSeq2Seq:
-    """2-layer LSTM, global 'general' attention after each step, input feeding."""
-    defaults = dict(decoder="luong", cell="lstm", bidirectional=True, layers=2, hidden_dim=512, emb_dim=256, attention="general")
+    """2-layer LSTM (unidirectional encoder, as in the paper), global 'general' attention after each step, input feeding."""
+    defaults = dict(decoder="luong", cell="lstm", bidirectional=False, layers=2, hidden_dim=512, emb_dim=256, attention="general")
     return RNNSeq2Seq(make_config(RNNSeq2SeqConfig, defaults, kw))
