@@ -1,7 +1,10 @@
 """Turn a training run into a published checkpoint folder, measuring it with the stored weights.
 
-    python scripts/make_checkpoint.py runs/transformer_small.multi30k/checkpoints/last.ckpt \
-        --name transformer_small.multi30k --dtype float16
+    python scripts/make_checkpoint.py runs/transformer_small.multi30k/checkpoints \
+        --name transformer_small.multi30k --average 5 --dtype float16
+
+RUN is a Lightning .ckpt file, or a folder of them named ``{epoch}-{val_bleu}.ckpt``:
+then the best one, or with ``--average N`` the mean of the N best (by validation BLEU).
 
 Writes checkpoints/NAME/ (config.json, model.safetensors, tokenizer.json, README.md),
 then reloads that folder and measures sacreBLEU and lowercased BLEU on the test split,
@@ -32,9 +35,35 @@ def measure(model, sources, references, beam: int) -> tuple[dict, float]:
     return translation_scores(hyps, references), time.perf_counter() - t
 
 
+def pick_checkpoints(run: Path, average: int) -> list[Path]:
+    """The checkpoint file, or the ``average`` best of a folder by the BLEU in their names."""
+    if run.is_file():
+        return [run]
+    scored = []
+    for f in run.glob("*.ckpt"):
+        try:
+            scored.append((float(f.stem.split("-", 1)[1]), f))
+        except (IndexError, ValueError):
+            continue  # last.ckpt and friends
+    if not scored:
+        raise SystemExit(f"no '{{epoch}}-{{bleu}}.ckpt' files in {run}")
+    return [f for _, f in sorted(scored, reverse=True)[: max(average, 1)]]
+
+
+def average_state(paths: list[Path]) -> dict[str, torch.Tensor]:
+    """Mean of the floating-point tensors of several Lightning checkpoints (our own local files)."""
+    total: dict[str, torch.Tensor] = {}
+    for path in paths:
+        state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+        for k, v in state.items():
+            total[k] = total.get(k, 0) + v.double() if v.is_floating_point() else v
+    return {k: (v / len(paths)).float() if v.is_floating_point() else v for k, v in total.items()}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("ckpt", help="Lightning checkpoint of the run")
+    p.add_argument("run", type=Path, help="Lightning checkpoint, or a folder of them")
+    p.add_argument("--average", type=int, default=1, help="average the N best checkpoints of the folder")
     p.add_argument("--name", required=True, help="arch.tag of the checkpoint")
     p.add_argument("--dtype", default="float16", choices=["float32", "float16"])
     p.add_argument("--data-dir", default=None)
@@ -43,9 +72,13 @@ def main() -> None:
     args = p.parse_args()
     torch.manual_seed(0)
 
-    model = TranslationTask.load_from_checkpoint(args.ckpt, map_location="cpu")
+    paths = pick_checkpoints(args.run, args.average)
+    print("from:", *map(str, paths), sep="\n  ")
+    model = TranslationTask.load_from_checkpoint(paths[0], map_location="cpu")
     if model.tokenizers is None:
-        raise SystemExit(f"{args.ckpt} carries no tokenizer; train it with the zoo CLI")
+        raise SystemExit(f"{paths[0]} carries no tokenizer; train it with the zoo CLI")
+    if len(paths) > 1:
+        model.load_state_dict(average_state(paths))
     dm = TextDataModule(data_dir=args.data_dir, tokenizer=None)
     dm._tokenizers = model.tokenizers
     out = Path(args.out or zoo.hub.checkpoints_dir() / args.name)
@@ -63,6 +96,7 @@ def main() -> None:
 
     config = read_config(out)
     config["name"] = args.name
+    config["averaged"] = [p.name for p in paths]
     config["metrics"] = metrics
     config["reproduce"] = {"split": "test_2016_flickr", "first": 100, "beam_size": 1, "sacrebleu": slice_scores["sacrebleu"]}
     body = Path(args.card).read_text(encoding="utf-8") if args.card else None

@@ -89,6 +89,8 @@ def test_token_batches_respect_budget_and_cover_everything():
         assert sorted(i for b in batches for i in b) == list(range(500))
         assert all(len(b) * max(lengths[i] for i in b) <= 120 for b in batches)
     assert epoch1 != epoch2  # a new order each epoch
+    sampler.set_epoch(1)  # as Lightning does when a run resumes at epoch 1
+    assert list(sampler) == epoch2
     fixed = TokenBatchSampler(lengths, max_tokens=120, shuffle=False)
     assert list(fixed) == list(fixed)
     with pytest.raises(ValueError, match="smaller than the longest example"):

@@ -27,7 +27,8 @@ class TokenBatchSampler(Sampler[list[int]]):
 
     Lengths are sorted (with a little noise when shuffling, so batches differ between
     epochs), cut into batches whose ``size * longest`` stays under the budget, and the
-    batches shuffled. Each pass over the sampler draws a new order from ``seed + epoch``.
+    batches shuffled. Each pass over the sampler draws a new order from ``seed + epoch``
+    (Lightning sets the epoch, so a resumed run continues the same sequence of orders).
     """
 
     def __init__(self, lengths: Sequence[int], max_tokens: int, shuffle: bool = True, seed: int = 0) -> None:
@@ -52,6 +53,10 @@ class TokenBatchSampler(Sampler[list[int]]):
         if self.shuffle:
             rng.shuffle(batches)
         return batches
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by Lightning before each epoch, so a resumed run draws the order it would have."""
+        self.epoch = epoch
 
     def __iter__(self) -> Iterator[list[int]]:
         if self.shuffle:
