@@ -11,13 +11,18 @@ from typing import Any
 METRIC_NAMES = {
     "sacrebleu": ("sacrebleu", "sacreBLEU (cased, detokenised, 13a)"),
     "bleu_lc": ("bleu", "BLEU (lowercased, 13a-tokenised)"),
+    "ppl": ("perplexity", "perplexity per subword (</s> included)"),
 }
+
+
+TASK_TYPES = {"translation": "translation", "lm": "text-generation"}
 
 
 def _eval_results(config: dict[str, Any]) -> list[Any]:
     from huggingface_hub import EvalResult
 
     data = config.get("data", {})
+    task_type = TASK_TYPES.get(config.get("task", ""), config.get("task", ""))
     results = []
     for key, value in (config.get("metrics") or {}).items():
         if not isinstance(value, (int, float)):
@@ -26,7 +31,7 @@ def _eval_results(config: dict[str, Any]) -> list[Any]:
         mtype, mname = METRIC_NAMES.get(base, (base, base))
         results.append(
             EvalResult(
-                task_type="translation",
+                task_type=task_type,
                 dataset_type="multi30k",
                 dataset_name=data.get("dataset", "multi30k"),
                 dataset_split=data.get("test_split", "test_2016_flickr"),
@@ -49,30 +54,47 @@ def write_card(config: dict[str, Any], body: str | None = None) -> str:
         library_name="zoo",
         license=config.get("license", "mit"),
         tags=["zoo", "pytorch-lightning", config.get("task", "")],
-        language=[x for x in (data.get("src_lang"), data.get("tgt_lang")) if x] or None,
+        language=[x for x in (data.get("src_lang"), data.get("tgt_lang"), data.get("lang")) if x] or None,
         model_name=name,
         eval_results=results or None,
     )
     metrics = config.get("metrics") or {}
     rows = "\n".join(f"| {k} | {v} |" for k, v in metrics.items())
     table = f"| metric | value |\n| --- | --- |\n{rows}\n" if rows else "No metrics recorded.\n"
+    facts = {
+        "architecture": f"`{config.get('arch')}`",
+        "task": config.get("task", ""),
+        "parameters": f"{config.get('num_params', 0):,}",
+        "stored as": config.get("dtype", "float32"),
+        "data": data.get("dataset", ""),
+        "recipe": f"`{config['recipe']}`" if config.get("recipe") else "",
+        "zoo version": config.get("zoo_version", ""),
+    }
+    fact_rows = "\n".join(f"| {k} | {v} |" for k, v in facts.items() if v)
+    usage = {
+        "translation": f'model = zoo.load("{name}")\nprint(model.translate(["Ein Mann fährt Fahrrad."], beam_size=4))',
+        "lm": f'model = zoo.load("{name}")\nprint(model.sample(["A man"], max_len=20, top_p=0.9))',
+    }.get(config.get("task", ""), f'model = zoo.load("{name}")')
     text = f"""---
 {card_data.to_yaml()}
 ---
 
 # {name}
 
-A `{config.get('arch')}` network ({config.get('num_params', 0) / 1e6:.1f}M parameters) for the
-`{config.get('task')}` task of [zoo](https://github.com/), stored as `{config.get('dtype', 'float32')}`.
+{config.get("description", "")}
+
+| | |
+| --- | --- |
+{fact_rows}
 
 ```python
 import zoo
-model = zoo.load("{name}")
+{usage}
 ```
 
 ## Evaluation
 
 {table}
-{body or ''}
+{body or ""}
 """
     return str(ModelCard(text))

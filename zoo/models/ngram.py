@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from zoo.models.base import CausalLM, make_config
-from zoo.registry import register_model
+from zoo.registry import Pretrained, register_model, register_pretrained
 
 
 @dataclass
@@ -185,3 +185,17 @@ class NGramLM(CausalLM):
 def ngram(**kw: Any) -> NGramLM:
     """Interpolated Kneser-Ney n-gram language model (order 3 by default)."""
     return NGramLM(make_config(NGramConfig, {}, kw))
+
+
+register_pretrained(
+    Pretrained(
+        name="ngram.multi30k_en",
+        hub_id="zoo-models/ngram.multi30k_en",
+        params=0,  # counts, not parameters: 258,326 stored 4-grams
+        metrics={"ppl": 49.08},
+        recipe="configs/ngram.multi30k_en.yaml",
+        data="Multi30k task 1, English side (29,000 training captions), joint-free 8k BPE",
+        license="MIT (weights); Multi30k: research use",
+        description="Order-4 interpolated Kneser-Ney LM of Multi30k English; test_2016_flickr perplexity 49.08",
+    )
+)
