@@ -21,11 +21,71 @@ class ZooModule(L.LightningModule):
 
     Subclasses set ``task_name``, build ``self.net`` through the registry from plain
     JSON-able arguments (so ``save_hyperparameters``, ``load_from_checkpoint`` and the Hub
-    ``config.json`` agree), and may carry ``self.tokenizers``.
+    ``config.json`` agree), and carry ``self.tokenizers`` as a (source, target) pair, the
+    same object twice for one vocabulary.
     """
 
     task_name: str = ""
     tokenizers: Any = None
+
+    @staticmethod
+    def resolve_start(arch: str, arch_args: dict[str, Any] | None, init_from: str | None) -> tuple[str, dict[str, Any], Any]:
+        """Fine-tuning: the pretrained checkpoint's architecture and config, ``arch_args`` on top."""
+        arch_args = dict(arch_args or {})
+        if not init_from:
+            return arch, arch_args, None
+        from zoo.hub import read_pretrained
+
+        start = read_pretrained(init_from)
+        hparams = start.config["hparams"]
+        return hparams["arch"], {**hparams.get("arch_args", {}), **arch_args}, start
+
+    def take_start(self, start: Any) -> None:
+        """Load the pretrained weights (strictly) and vocabulary resolved by :meth:`resolve_start`."""
+        if start is not None:
+            start.load_into(self.net)
+            self.tokenizers = start.tokenizers
+
+    # -- vocabulary follows the data, and travels with Lightning checkpoints ----
+    def on_fit_start(self) -> None:
+        """Take the data module's vocabulary, or check it is the one the weights were trained with."""
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is None or not hasattr(dm, "tokenizers"):
+            return
+        if self.tokenizers is not None and any(
+            a.tok.to_str() != b.tok.to_str() for a, b in zip(self.tokenizers, dm.tokenizers)
+        ):
+            raise ValueError(
+                "the data module's vocabulary differs from the one this model was trained with; "
+                "point data.init_args.tokenizer at the model's checkpoint folder (or its tokenizer.json)"
+            )
+        self.tokenizers = dm.tokenizers
+        self.data_description = dm.describe()
+
+    def on_validation_start(self) -> None:
+        self.on_fit_start()
+
+    def on_test_start(self) -> None:
+        self.on_fit_start()
+
+    def on_predict_start(self) -> None:
+        self.on_fit_start()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Lightning checkpoints are our own training files: keep the vocabulary with them
+        if self.tokenizers is not None:
+            checkpoint["zoo_tokenizers"] = [t.tok.to_str() for t in self.tokenizers]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "zoo_tokenizers" in checkpoint:
+            from tokenizers import Tokenizer
+
+            from zoo.data.tokenizer import TextTokenizer
+
+            texts = checkpoint["zoo_tokenizers"]
+            src = TextTokenizer(Tokenizer.from_str(texts[0]))
+            tgt = src if texts[-1] == texts[0] else TextTokenizer(Tokenizer.from_str(texts[-1]))
+            self.tokenizers = (src, tgt)
 
     # -- Hub layout -----------------------------------------------------------
     def save_pretrained(self, directory: str | os.PathLike, **kwargs: Any) -> None:

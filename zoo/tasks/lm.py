@@ -51,19 +51,10 @@ class CausalLMTask(ZooModule):
         init_from: str | None = None,
     ) -> None:
         super().__init__()
-        arch_args = dict(arch_args or {})
-        start = None
-        if init_from:
-            from zoo.hub import read_pretrained
-
-            start = read_pretrained(init_from)
-            arch = start.config["hparams"]["arch"]
-            arch_args = {**start.config["hparams"].get("arch_args", {}), **arch_args}
-        self.save_hyperparameters(ignore=["start"])
+        arch, arch_args, start = self.resolve_start(arch, arch_args, init_from)
+        self.save_hyperparameters(ignore=["start"])  # arch and arch_args as resolved
         self.net = build_network(arch, vocab_size=vocab_size, pad_id=pad_id, **arch_args)
-        if start is not None:
-            start.load_into(self.net)
-            self.tokenizers = start.tokenizers
+        self.take_start(start)
         self.automatic_optimization = not self.net.counts_only
         self._stream_state: Any = None
 
@@ -116,37 +107,11 @@ class CausalLMTask(ZooModule):
     def on_test_epoch_end(self) -> None:
         self._log_ppl("test")
 
-    def on_fit_start(self) -> None:
-        dm = getattr(self.trainer, "datamodule", None)
-        if dm is not None and hasattr(dm, "tokenizers"):
-            if self.tokenizers is not None and self.tokenizers[1].tok.to_str() != dm.tokenizers[1].tok.to_str():
-                raise ValueError(
-                    "the data module's vocabulary differs from the one this model was trained with; "
-                    "point data.init_args.tokenizer at the model's checkpoint folder (or its tokenizer.json)"
-                )
-            self.tokenizers = dm.tokenizers
-            self.data_description = dm.describe()
-
-    on_validation_start = on_test_start = on_fit_start
-
     def on_train_epoch_start(self) -> None:
         self._stream_state = None
 
     def configure_optimizers(self) -> Any:
         return None if self.net.counts_only else super().configure_optimizers()
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if self.tokenizers is not None:
-            checkpoint["zoo_tokenizers"] = [self.tokenizers[1].tok.to_str()]
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if "zoo_tokenizers" in checkpoint:
-            from tokenizers import Tokenizer
-
-            from zoo.data.tokenizer import TextTokenizer
-
-            tok = TextTokenizer(Tokenizer.from_str(checkpoint["zoo_tokenizers"][0]))
-            self.tokenizers = (tok, tok)
 
     # -- inference --------------------------------------------------------------
     @torch.no_grad()

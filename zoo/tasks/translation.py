@@ -57,21 +57,12 @@ class TranslationTask(ZooModule):
         log_examples: int = 4,
     ) -> None:
         super().__init__()
-        arch_args = dict(arch_args or {})
-        start = None
-        if init_from:
-            from zoo.hub import read_pretrained
-
-            start = read_pretrained(init_from)
-            arch = start.config["hparams"]["arch"]
-            arch_args = {**start.config["hparams"].get("arch_args", {}), **arch_args}
-        self.save_hyperparameters(ignore=["start"])  # arch and arch_args as resolved above
+        arch, arch_args, start = self.resolve_start(arch, arch_args, init_from)
+        self.save_hyperparameters(ignore=["start"])  # arch and arch_args as resolved
         self.net = build_network(
             arch, src_vocab_size=src_vocab_size, tgt_vocab_size=tgt_vocab_size, pad_id=pad_id, **arch_args
         )
-        if start is not None:
-            start.load_into(self.net)
-            self.tokenizers = start.tokenizers
+        self.take_start(start)
         self._val_outputs: list[tuple[str, str, str]] = []
 
     # -- training ---------------------------------------------------------------
@@ -144,39 +135,8 @@ class TranslationTask(ZooModule):
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end("test")
 
-    def on_fit_start(self) -> None:
-        """Take the data module's vocabulary, or check it is the one the weights were trained with."""
-        dm = getattr(self.trainer, "datamodule", None)
-        if dm is None or not hasattr(dm, "tokenizers"):
-            return
-        if self.tokenizers is not None and any(
-            a.tok.to_str() != b.tok.to_str() for a, b in zip(self.tokenizers, dm.tokenizers)
-        ):
-            raise ValueError(
-                "the data module's vocabulary differs from the one this model was trained with; "
-                "point data.init_args.tokenizer at the model's checkpoint folder (or its tokenizer.json)"
-            )
-        self.tokenizers = dm.tokenizers
-        self.data_description = dm.describe()
-
-    on_validation_start = on_test_start = on_predict_start = on_fit_start
-
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[str]:
         return self.generate(batch["src"], beam_size=self.hparams.val_beam_size)
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        # Lightning checkpoints are our own training files: keep the vocabulary with them
-        if self.tokenizers is not None:
-            checkpoint["zoo_tokenizers"] = [t.tok.to_str() for t in self.tokenizers]
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        if "zoo_tokenizers" in checkpoint:
-            from tokenizers import Tokenizer
-
-            from zoo.data.tokenizer import TextTokenizer
-
-            src, tgt = (TextTokenizer(Tokenizer.from_str(s)) for s in checkpoint["zoo_tokenizers"])
-            self.tokenizers = (src, src) if checkpoint["zoo_tokenizers"][0] == checkpoint["zoo_tokenizers"][1] else (src, tgt)
 
     # -- inference --------------------------------------------------------------
     def _max_len(self, src: Tensor, max_len: int | None) -> int:
