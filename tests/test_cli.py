@@ -96,6 +96,7 @@ def test_wandb_offline_run_records_what_was_logged(tmp_path, multi30k, capsys, m
         assert key in summary, key
     assert any(k.startswith("lr-AdamW") for k in summary)  # learning rate per step
     assert summary["val/examples"]["_type"] == "table-file"
+    assert summary["val/attention"]["_type"] == "images/separated"  # a heatmap each validation
     assert config["lr"] == 1e-3 and config["arch"] == "transformer_tiny" and config["warmup_steps"] == 800
     # the offline run on disk holds the example tables, one per validation
     assert list(run_dir.glob("run-*.wandb"))
@@ -133,3 +134,12 @@ def test_publish_dry_run_command(tmp_path, tiny_model):
     out = run_zoo("publish", str(tmp_path / "m"), "--repo-id", "someone/tiny", "--dry-run")
     assert out.returncode == 0, out.stderr
     assert "would upload" in out.stdout and "model.safetensors" in out.stdout
+
+
+def test_attention_command_draws_a_heatmap(tmp_path, tiny_model):
+    tiny_model.save_pretrained(tmp_path / "m")
+    out = run_zoo("attention", str(tmp_path / "m"), "Ein Mann fährt Fahrrad.", "--out", str(tmp_path / "a.png"), "--layer", "2")
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "a.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    bad = run_zoo("attention", str(tmp_path / "m"), "Ein Mann.", "--layer", "7")
+    assert bad.returncode == 2 and "--layer 7 does not exist; " in bad.stderr and "has layers 1..2" in bad.stderr
