@@ -143,3 +143,11 @@ def test_attention_command_draws_a_heatmap(tmp_path, tiny_model):
     assert (tmp_path / "a.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     bad = run_zoo("attention", str(tmp_path / "m"), "Ein Mann.", "--layer", "7")
     assert bad.returncode == 2 and "--layer 7 does not exist; " in bad.stderr and "has layers 1..2" in bad.stderr
+
+
+def test_sample_command_with_the_ngram_checkpoint():
+    out = run_zoo("sample", "ngram.multi30k_en", "A man", "--max-len", "12", "--seed", "0", "--top-k", "20")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("A man") and len(out.stdout.splitlines()) == 1
+    bad = run_zoo("sample", "ngram.multi30k_en", "--temperature", "0")
+    assert bad.returncode == 2 and "temperature must be > 0" in bad.stderr

@@ -1,7 +1,7 @@
 """The ``zoo`` command.
 
 ``zoo fit|validate|test|predict --config FILE`` run LightningCLI; ``zoo list``, ``info``,
-``translate``, ``attention`` and ``publish`` are small commands of our own. Lightning and wandb are
+``translate``, ``sample``, ``attention`` and ``publish`` are small commands of our own. Lightning and wandb are
 imported only by the commands that need them, so ``zoo list`` answers at once.
 """
 
@@ -188,6 +188,18 @@ def cmd_translate(args: argparse.Namespace) -> None:
         print(line)
 
 
+def cmd_sample(args: argparse.Namespace) -> None:
+    import zoo
+
+    model = zoo.load(args.name)
+    if not hasattr(model, "sample"):
+        raise ValueError(f"{args.name} is a {model.task_name} model; sampling needs a language model (zoo list)")
+    prompts = args.prompts or None
+    for text in model.sample(prompts, num_samples=args.num, max_len=args.max_len, temperature=args.temperature,
+                             top_k=args.top_k, top_p=args.top_p, seed=args.seed):
+        print(text)
+
+
 def cmd_attention(args: argparse.Namespace) -> None:
     import zoo
     from zoo.viz import attention_figure
@@ -229,6 +241,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beam", type=int, default=4, help="beam size (1 = greedy)")
     p.add_argument("--max-len", type=int, default=None)
     p.set_defaults(func=cmd_translate)
+    p = sub.add_parser("sample", help="sample text from a language model")
+    p.add_argument("name", help="pretrained name, folder or Hub repo id")
+    p.add_argument("prompts", nargs="*", help="texts to continue (default: start from nothing)")
+    p.add_argument("--num", type=int, default=3, help="samples without a prompt")
+    p.add_argument("--max-len", type=int, default=40)
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None)
+    p.set_defaults(func=cmd_sample)
     p = sub.add_parser("attention", help="draw what a translation model attended to, as a heatmap")
     p.add_argument("name", help="pretrained name, folder or Hub repo id")
     p.add_argument("sentence")
