@@ -302,6 +302,17 @@ class TextDataModule(SequenceDataModule):
         return self._loader("test", shuffle=False)
 
 
+def lm_batch(seqs: list[list[int]], tok: TextTokenizer) -> dict[str, Tensor]:
+    """Sentences of ids -> tokens (B, T) = <s> + ids and targets (B, T) = ids + </s>, right-padded."""
+    width = max(map(len, seqs)) + 1
+    tokens = torch.full((len(seqs), width), tok.pad_id, dtype=torch.long)
+    targets = torch.full((len(seqs), width), tok.pad_id, dtype=torch.long)
+    for i, s in enumerate(seqs):
+        tokens[i, : len(s) + 1] = torch.tensor([tok.bos_id] + s)
+        targets[i, : len(s) + 1] = torch.tensor(s + [tok.eos_id])
+    return {"tokens": tokens, "targets": targets}
+
+
 class TextLMDataModule(SequenceDataModule):
     """One language's text for the language models.
 
@@ -411,14 +422,7 @@ class TextLMDataModule(SequenceDataModule):
             self._ids(split)
 
     def _collate(self, seqs: list[list[int]]) -> dict[str, Any]:
-        tok = self.tokenizer
-        width = max(map(len, seqs)) + 1
-        tokens = torch.full((len(seqs), width), tok.pad_id, dtype=torch.long)
-        targets = torch.full((len(seqs), width), tok.pad_id, dtype=torch.long)
-        for i, s in enumerate(seqs):
-            tokens[i, : len(s) + 1] = torch.tensor([tok.bos_id] + s)
-            targets[i, : len(s) + 1] = torch.tensor(s + [tok.eos_id])
-        return {"tokens": tokens, "targets": targets}
+        return lm_batch(seqs, self.tokenizer)
 
     def _stream_batches(self) -> list[dict[str, Any]]:
         """<s> line </s> <s> line </s> ... in ``batch_size`` rows, cut into ``bptt`` chunks."""

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from zoo.data.text import lm_batch
 from zoo.nn.decoding import sample
 from zoo.registry import build_network
 from zoo.tasks.base import ZooModule
@@ -124,12 +125,8 @@ class CausalLMTask(ZooModule):
         self.eval()
         for i in range(0, len(texts), batch_size):
             ids = [s for s in tok.encode_batch(texts[i : i + batch_size]) if s]
-            width = max(map(len, ids)) + 1
-            tokens = torch.full((len(ids), width), tok.pad_id, dtype=torch.long, device=self.device)
-            targets = tokens.clone()
-            for j, s in enumerate(ids):
-                tokens[j, : len(s) + 1] = torch.tensor([tok.bos_id] + s)
-                targets[j, : len(s) + 1] = torch.tensor(s + [tok.eos_id])
+            batch = lm_batch(ids, tok)
+            tokens, targets = batch["tokens"].to(self.device), batch["targets"].to(self.device)
             mask = targets.ne(tok.pad_id)
             total += float(-(self.net.score(tokens, targets) * mask).sum())
             count += int(mask.sum())
