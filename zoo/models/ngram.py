@@ -194,7 +194,7 @@ register_pretrained(
         params=0,  # counts, not parameters: 258,326 stored 4-grams
         metrics={"ppl": 49.08},
         recipe="configs/ngram.multi30k_en.yaml",
-        data="Multi30k task 1, English side (29,000 training captions), joint-free 8k BPE",
+        data="Multi30k task 1, English side (29,000 training captions), 8k BPE",
         license="MIT (weights); Multi30k: research use",
         description="Order-4 interpolated Kneser-Ney LM of Multi30k English; test_2016_flickr perplexity 49.08",
     )
