@@ -55,6 +55,18 @@ def average_state(paths: list[Path]) -> dict[str, torch.Tensor]:
     return {k: (v / len(paths)).float() if v.is_floating_point() else v for k, v in total.items()}
 
 
+def model_cards_section(name: str, path: Path = Path("MODEL_CARDS.md")) -> str | None:
+    """The '## NAME' section of MODEL_CARDS.md, so the card and the catalogue say the same."""
+    if not path.exists():
+        return None
+    text = path.read_text(encoding="utf-8")
+    start = text.find(f"\n## {name}\n")
+    if start < 0:
+        return None
+    end = text.find("\n## ", start + 1)
+    return "## Details\n" + text[start + len(name) + 5 : end if end > 0 else None].strip() + "\n"
+
+
 def import_path(path: str) -> type:
     module, _, name = path.rpartition(".")
     return getattr(importlib.import_module(module), name)
@@ -89,7 +101,8 @@ def main() -> None:
     p.add_argument("--average", type=int, default=1, help="average the N best checkpoints of the folder")
     p.add_argument("--dtype", default="float16", choices=["float32", "float16"])
     p.add_argument("--description", default="", help="one paragraph for the card")
-    p.add_argument("--card", default=None, help="Markdown file with more of the card's body")
+    p.add_argument("--card", default=None,
+                   help="Markdown file with more of the card's body (default: the '## NAME' section of MODEL_CARDS.md)")
     p.add_argument("--out", default=None, help="folder (default checkpoints/NAME)")
     args = p.parse_args()
     torch.manual_seed(0)
@@ -122,7 +135,7 @@ def main() -> None:
                   averaged=[p.name for p in paths])
     if recipe.exists():
         config["recipe"] = str(recipe)
-    body = Path(args.card).read_text(encoding="utf-8") if args.card else None
+    body = Path(args.card).read_text(encoding="utf-8") if args.card else model_cards_section(args.name)
     _write_text(out / CONFIG, json.dumps(config, indent=2) + "\n")
     _write_text(out / CARD, write_card(config, body=body))
     size = sum(f.stat().st_size for f in out.iterdir())

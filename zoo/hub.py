@@ -122,8 +122,9 @@ def save_weights(net: nn.Module, path: str | os.PathLike, dtype: torch.dtype | N
         k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().contiguous()
         for k, v in state.items()
     }
-    metadata = {"format": "pt", "zoo_version": zoo.__version__, "tied": json.dumps(aliases)}
-    _atomic(path, lambda tmp: save_file(state, tmp, metadata=metadata))
+    # one metadata key: safetensors writes its metadata map in no fixed order, and identical
+    # weights should give identical bytes (git keeps every version of a checkpoint)
+    _atomic(path, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
 
 
 def load_weights(net: nn.Module, path: str | os.PathLike) -> None:
