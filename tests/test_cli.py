@@ -87,10 +87,10 @@ def test_wandb_offline_run_records_what_was_logged(tmp_path, multi30k, capsys, m
     monkeypatch.setenv("WANDB_MODE", "offline")
     cli = run(smoke_args(tmp_path, multi30k, "--trainer.max_steps", "6", "--trainer.val_check_interval", "3",
                           "--trainer.log_every_n_steps", "1"))
-    run = cli.trainer.logger.experiment
-    summary = dict(run.summary)
-    config = dict(run.config)
-    run_dir = Path(run.dir).parent
+    experiment = cli.trainer.logger.experiment
+    summary = dict(experiment.summary)
+    config = dict(experiment.config)
+    run_dir = Path(experiment.dir).parent
     wandb.finish()
     for key in ("train/loss", "val/loss", "val/bleu", "val/bleu_lc", "val/ppl"):
         assert key in summary, key
