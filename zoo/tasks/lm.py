@@ -12,9 +12,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from zoo.data.text import lm_batch
+from zoo.metrics import TokenNLL
 from zoo.nn.decoding import sample
 from zoo.registry import build_network
 from zoo.tasks.base import ZooModule
@@ -56,6 +57,7 @@ class CausalLMTask(ZooModule):
         self.save_hyperparameters(ignore=["start"])  # arch and arch_args as resolved
         self.net = build_network(arch, vocab_size=vocab_size, pad_id=pad_id, **arch_args)
         self.take_start(start)
+        self.nll = nn.ModuleDict({"val": TokenNLL(), "test": TokenNLL()})
         self.automatic_optimization = not self.net.counts_only
         self._stream_state: Any = None
 
@@ -85,11 +87,7 @@ class CausalLMTask(ZooModule):
 
     def _eval_step(self, batch: dict[str, Any], prefix: str) -> None:
         targets = batch["targets"]
-        mask = targets.ne(self.hparams.pad_id)
-        logp = self.net.score(batch["tokens"], targets)  # (B, T)
-        ntok = mask.sum()
-        nll = -(logp * mask).sum() / ntok
-        self.log(f"{prefix}/loss", nll, batch_size=int(ntok), prog_bar=True)
+        self.nll[prefix].update(self.net.score(batch["tokens"], targets), targets.ne(self.hparams.pad_id))
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_step(batch, "val")
@@ -98,9 +96,10 @@ class CausalLMTask(ZooModule):
         self._eval_step(batch, "test")
 
     def _log_ppl(self, prefix: str) -> None:
-        loss = self.trainer.callback_metrics.get(f"{prefix}/loss")
-        if loss is not None:
-            self.log(f"{prefix}/ppl", torch.exp(loss), prog_bar=True)
+        nll = self.nll[prefix].compute()
+        self.nll[prefix].reset()
+        self.log(f"{prefix}/loss", nll)
+        self.log(f"{prefix}/ppl", torch.exp(nll), prog_bar=True)
 
     def on_validation_epoch_end(self) -> None:
         self._log_ppl("val")
@@ -121,16 +120,14 @@ class CausalLMTask(ZooModule):
         if not texts:
             raise ValueError("no text to score: the list is empty")
         tok = self._tokenizer()
-        total, count = 0.0, 0
+        nll = TokenNLL().to(self.device)
         self.eval()
         for i in range(0, len(texts), batch_size):
             ids = [s for s in tok.encode_batch(texts[i : i + batch_size]) if s]
             batch = lm_batch(ids, tok)
             tokens, targets = batch["tokens"].to(self.device), batch["targets"].to(self.device)
-            mask = targets.ne(tok.pad_id)
-            total += float(-(self.net.score(tokens, targets) * mask).sum())
-            count += int(mask.sum())
-        return float(torch.exp(torch.tensor(total / count)))
+            nll.update(self.net.score(tokens, targets), targets.ne(tok.pad_id))
+        return float(torch.exp(nll.compute()))
 
     def _tokenizer(self) -> Any:
         if self.tokenizers is None:

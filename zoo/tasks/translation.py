@@ -8,9 +8,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
-from zoo.metrics import translation_scores
+from zoo.metrics import TokenNLL, translation_scores
 from zoo.nn.decoding import beam_search, greedy_search
 from zoo.registry import build_network
 from zoo.tasks.base import ZooModule
@@ -63,6 +63,7 @@ class TranslationTask(ZooModule):
             arch, src_vocab_size=src_vocab_size, tgt_vocab_size=tgt_vocab_size, pad_id=pad_id, **arch_args
         )
         self.take_start(start)
+        self.nll = nn.ModuleDict({"val": TokenNLL(), "test": TokenNLL()})
         self._val_outputs: list[tuple[str, str, str]] = []
 
     # -- training ---------------------------------------------------------------
@@ -86,8 +87,10 @@ class TranslationTask(ZooModule):
         return loss
 
     def _eval_step(self, batch: dict[str, Any], prefix: str) -> None:
-        nll, ntok = self._loss(batch, 0.0)
-        self.log(f"{prefix}/loss", nll, batch_size=int(ntok), prog_bar=True)
+        target = batch["tgt_out"]
+        logits = self(batch["src"], batch["tgt_in"])
+        self.nll[prefix].update(logits.float().log_softmax(-1).gather(-1, target[..., None]).squeeze(-1),
+                                target.ne(self.hparams.pad_id))
         hyps = self.generate(batch["src"], beam_size=self.hparams.val_beam_size)
         self._val_outputs += list(zip(batch["src_text"], batch["tgt_text"], hyps))
 
@@ -104,9 +107,10 @@ class TranslationTask(ZooModule):
         scores = translation_scores([h for _, _, h in rows], [r for _, r, _ in rows])
         self.log(f"{prefix}/bleu", scores["sacrebleu"], prog_bar=True)
         self.log(f"{prefix}/bleu_lc", scores["bleu_lc"])
-        loss = self.trainer.callback_metrics.get(f"{prefix}/loss")
-        if loss is not None:
-            self.log(f"{prefix}/ppl", torch.exp(loss))
+        nll = self.nll[prefix].compute()
+        self.nll[prefix].reset()
+        self.log(f"{prefix}/loss", nll, prog_bar=True)
+        self.log(f"{prefix}/ppl", torch.exp(nll))
         self._log_examples(prefix, rows[: self.hparams.log_examples])
 
     def _log_examples(self, prefix: str, rows: list[tuple[str, str, str]]) -> None:
