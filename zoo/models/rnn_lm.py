@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from zoo.models.base import CausalLM, make_config
-from zoo.registry import register_model
+from zoo.registry import Pretrained, register_model, register_pretrained
 
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 
@@ -85,3 +85,17 @@ def rnn_lm(**kw: Any) -> RNNLM:
 def rnn_lm_elman(**kw: Any) -> RNNLM:
     """A vanilla (tanh) RNN LM: the baseline the gated cells improved on."""
     return RNNLM(make_config(RNNLMConfig, dict(cell="rnn", layers=1), kw))
+
+
+register_pretrained(
+    Pretrained(
+        name="rnn_lm.multi30k_en",
+        hub_id="zoo-models/rnn_lm.multi30k_en",
+        params=8_306_496,
+        metrics={"ppl": 37.61},
+        recipe="configs/rnn_lm.multi30k_en.yaml",
+        data="Multi30k task 1, English side (29,000 training captions), 8k BPE",
+        license="MIT (weights); Multi30k: research use",
+        description="2-layer LSTM LM of Multi30k English; test_2016_flickr perplexity 37.61 (n-gram: 49.08)",
+    )
+)
