@@ -9,8 +9,8 @@ perplexity).
 
 Writes checkpoints/NAME/ (config.json, model.safetensors, tokenizer.json, README.md), then
 reloads that folder and measures it on the test split with the data settings the run was
-trained with: translation models, sacreBLEU and lowercased BLEU, greedy and beam 4; language
-models, perplexity. It also records the figure for the first 100 test items, which the test
+trained with: translation models, sacreBLEU and lowercased BLEU, greedy and beam 4, and the
+teacher-forced perplexity of the references; language models, perplexity. It also records the figure for the first 100 test items, which the test
 suite reproduces. Prints everything as JSON.
 """
 
@@ -27,7 +27,7 @@ import torch
 import zoo
 from zoo.card import write_card
 from zoo.hub import CARD, CONFIG, _write_text, read_config, save_pretrained
-from zoo.metrics import translation_scores
+from zoo.metrics import TokenNLL, translation_scores
 
 
 def pick_checkpoints(run: Path, average: int, higher_is_better: bool) -> list[Path]:
@@ -80,6 +80,13 @@ def measure_translation(stored, dm) -> tuple[dict, dict, dict]:
         scores = translation_scores(stored.translate(src, beam_size=beam, batch_size=100), ref)
         timing[label] = round(time.perf_counter() - t, 1)
         metrics.update({f"{k}/{label}": v for k, v in scores.items()})
+    nll = TokenNLL()
+    with torch.no_grad():
+        for batch in dm.test_dataloader():  # teacher-forced: the perplexity of the references
+            target = batch["tgt_out"]
+            logp = stored(batch["src"], batch["tgt_in"]).float().log_softmax(-1)
+            nll.update(logp.gather(-1, target[..., None]).squeeze(-1), target.ne(stored.hparams.pad_id))
+    metrics["ppl"] = round(float(torch.exp(nll.compute())), 2)
     head = translation_scores(stored.translate(src[:100], beam_size=1, batch_size=100), ref[:100])
     reproduce = {"split": "test_2016_flickr", "first": 100, "beam_size": 1, "sacrebleu": head["sacrebleu"]}
     return metrics, reproduce, timing
