@@ -314,3 +314,18 @@ register_pretrained(
         description="Sutskever-style 2x512 LSTM encoder-decoder, source reversed; test sacreBLEU 19.10 greedy / 21.00 beam 4",
     )
 )
+
+
+register_pretrained(
+    Pretrained(
+        name="seq2seq_bahdanau.multi30k",
+        hub_id="zoo-models/seq2seq_bahdanau.multi30k",
+        params=9_144_896,
+        metrics={"sacrebleu/greedy": 37.01, "bleu_lc/greedy": 37.26, "sacrebleu/beam4": 38.22, "bleu_lc/beam4": 38.47,
+                 "ppl": 7.75},
+        recipe="configs/seq2seq_bahdanau.multi30k.yaml",
+        data="Multi30k task 1, German->English (29,000 training pairs), joint 8k BPE",
+        license="MIT (weights); Multi30k: research use",
+        description="Bahdanau attention: bidirectional GRU encoder, additive attention; test sacreBLEU 37.01 greedy / 38.22 beam 4",
+    )
+)
