@@ -66,6 +66,11 @@ class Pretrained:
         return self.name.split(".", 1)[1]
 
 
+# what the checkpoints trained here share
+MULTI30K_DE_EN = "Multi30k task 1, German->English (29,000 training pairs), joint 8k BPE"
+MULTI30K_EN = "Multi30k task 1, English side (29,000 training captions), 8k BPE"
+ZOO_LICENSE = "MIT (weights); Multi30k: research use"
+
 ARCHITECTURES: dict[str, Architecture] = {}
 PRETRAINED: dict[str, Pretrained] = {}
 

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from zoo.models.base import CausalLM, make_config
-from zoo.registry import Pretrained, register_model, register_pretrained
+from zoo.registry import MULTI30K_EN, ZOO_LICENSE, Pretrained, register_model, register_pretrained
 
 
 @dataclass
@@ -194,8 +194,8 @@ register_pretrained(
         params=0,  # counts, not parameters: 258,326 stored 4-grams
         metrics={"ppl": 49.08},
         recipe="configs/ngram.multi30k_en.yaml",
-        data="Multi30k task 1, English side (29,000 training captions), 8k BPE",
-        license="MIT (weights); Multi30k: research use",
+        data=MULTI30K_EN,
+        license=ZOO_LICENSE,
         description="Order-4 interpolated Kneser-Ney LM of Multi30k English; test_2016_flickr perplexity 49.08",
     )
 )

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from zoo.models.base import CausalLM, make_config
-from zoo.registry import Pretrained, register_model, register_pretrained
+from zoo.registry import MULTI30K_EN, ZOO_LICENSE, Pretrained, register_model, register_pretrained
 
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 
@@ -94,8 +94,8 @@ register_pretrained(
         params=8_306_496,
         metrics={"ppl": 37.61},
         recipe="configs/rnn_lm.multi30k_en.yaml",
-        data="Multi30k task 1, English side (29,000 training captions), 8k BPE",
-        license="MIT (weights); Multi30k: research use",
+        data=MULTI30K_EN,
+        license=ZOO_LICENSE,
         description="2-layer LSTM LM of Multi30k English; test_2016_flickr perplexity 37.61 (n-gram: 49.08)",
     )
 )

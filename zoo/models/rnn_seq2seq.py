@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from zoo.models.base import EncoderDecoder, make_config
 from zoo.nn.attention import source_attention
-from zoo.registry import Pretrained, register_model, register_pretrained
+from zoo.registry import MULTI30K_DE_EN, ZOO_LICENSE, Pretrained, register_model, register_pretrained
 
 RNN_CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 
@@ -309,8 +309,8 @@ register_pretrained(
         metrics={"sacrebleu/greedy": 19.1, "bleu_lc/greedy": 19.23, "sacrebleu/beam4": 21.0, "bleu_lc/beam4": 21.13,
                  "ppl": 14.5},
         recipe="configs/seq2seq_lstm.multi30k.yaml",
-        data="Multi30k task 1, German->English (29,000 training pairs), joint 8k BPE",
-        license="MIT (weights); Multi30k: research use",
+        data=MULTI30K_DE_EN,
+        license=ZOO_LICENSE,
         description="Sutskever-style 2x512 LSTM encoder-decoder, source reversed; test sacreBLEU 19.10 greedy / 21.00 beam 4",
     )
 )
@@ -324,8 +324,8 @@ register_pretrained(
         metrics={"sacrebleu/greedy": 37.01, "bleu_lc/greedy": 37.26, "sacrebleu/beam4": 38.22, "bleu_lc/beam4": 38.47,
                  "ppl": 7.75},
         recipe="configs/seq2seq_bahdanau.multi30k.yaml",
-        data="Multi30k task 1, German->English (29,000 training pairs), joint 8k BPE",
-        license="MIT (weights); Multi30k: research use",
+        data=MULTI30K_DE_EN,
+        license=ZOO_LICENSE,
         description="Bahdanau attention: bidirectional GRU encoder, additive attention; test sacreBLEU 37.01 greedy / 38.22 beam 4",
     )
 )

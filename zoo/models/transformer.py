@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from zoo.models.base import EncoderDecoder, make_config
 from zoo.nn.attention import KVCache, MultiHeadAttention
 from zoo.nn.positional import SinusoidalPositions
-from zoo.registry import Pretrained, register_model, register_pretrained
+from zoo.registry import MULTI30K_DE_EN, ZOO_LICENSE, Pretrained, register_model, register_pretrained
 
 
 @dataclass
@@ -224,8 +224,8 @@ register_pretrained(
         metrics={"sacrebleu/greedy": 39.18, "bleu_lc/greedy": 39.41, "sacrebleu/beam4": 39.43, "bleu_lc/beam4": 39.66,
                  "ppl": 5.94},
         recipe="configs/transformer_small.multi30k.yaml",
-        data="Multi30k task 1, German->English (29,000 training pairs), joint 8k BPE",
-        license="MIT (weights); Multi30k: research use",
+        data=MULTI30K_DE_EN,
+        license=ZOO_LICENSE,
         description="3+3-layer Transformer, C=256; test_2016_flickr sacreBLEU 39.18 greedy / 39.43 beam 4",
     )
 )
