@@ -104,6 +104,15 @@ def read_parallel(files: Sequence[str]) -> tuple[list[str], list[str]]:
     raise ValueError(f"give a parallel corpus as [source_file, target_file] or [tsv_file], not {len(files)} files")
 
 
+def _split_setting(hp: Any, split: str, what: str) -> Any:
+    """``hp.train_files`` / ``hp.val_limit`` / ...: the per-split settings both data modules take."""
+    return getattr(hp, f"{split}_{what}")
+
+
+def _first(items: list[Any], limit: int | None) -> list[Any]:
+    return items[:limit] if limit else items
+
+
 @dataclass
 class Example:
     src: list[int]
@@ -200,12 +209,12 @@ class TextDataModule(SequenceDataModule):
                 cut = len(src) - n_val
                 src, tgt = (src[:cut], tgt[:cut]) if split == "train" else (src[cut:], tgt[cut:])
             else:
-                files = {"train": hp.train_files, "val": hp.val_files, "test": hp.test_files}[split]
+                files = _split_setting(hp, split, "files")
                 if not files:
                     raise ValueError(f"no {split}_files given for dataset='files'; add them to the data settings")
                 src, tgt = read_parallel(files)
-            limit = {"train": hp.train_limit, "val": hp.val_limit, "test": hp.test_limit}[split]
-            self._texts[split] = (src[:limit], tgt[:limit]) if limit else (src, tgt)
+            limit = _split_setting(hp, split, "limit")
+            self._texts[split] = (_first(src, limit), _first(tgt, limit))
         return self._texts[split]
 
     # -- vocabulary -------------------------------------------------------------
@@ -370,12 +379,11 @@ class TextLMDataModule(SequenceDataModule):
             if hp.dataset == "multi30k":
                 lines = read_lines(_split_file(find_multi30k(hp.data_dir), MULTI30K_SPLITS[split], hp.lang))
             else:
-                files = {"train": hp.train_files, "val": hp.val_files, "test": hp.test_files}[split]
+                files = _split_setting(hp, split, "files")
                 if not files:
                     raise ValueError(f"no {split}_files given for dataset='files'; add them to the data settings")
                 lines = [line for f in files for line in read_lines(f)]
-            limit = {"train": hp.train_limit, "val": hp.val_limit, "test": hp.test_limit}[split]
-            self._texts[split] = lines[:limit] if limit else lines
+            self._texts[split] = _first(lines, _split_setting(hp, split, "limit"))
         return self._texts[split]
 
     @property
