@@ -3,6 +3,7 @@
 Nothing here imports Lightning.
 """
 
+from zoo.models import convs2s  # noqa: F401  (registers convs2s_*)
 from zoo.models import ngram  # noqa: F401  (registers ngram)
 from zoo.models import rnn_lm  # noqa: F401  (registers rnn_lm*)
 from zoo.models import rnn_seq2seq  # noqa: F401  (registers seq2seq_*)

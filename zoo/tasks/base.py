@@ -111,14 +111,26 @@ class ZooModule(L.LightningModule):
         return push_to_hub(self, repo_id, **kwargs)
 
     # -- optimisation ---------------------------------------------------------
+    OPTIMIZERS = ("adamw", "nag")
+
     def configure_optimizers(self) -> Any:
+        """AdamW (or Nesterov SGD), with warm-up then 1/sqrt decay, or cut on a plateau."""
         hp = self.hparams
+        name = hp.get("optimizer", "adamw")
+        if name not in self.OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(self.OPTIMIZERS)}")
         decay, no_decay = [], []
-        for name, p in self.named_parameters():
+        for pname, p in self.named_parameters():
             if p.requires_grad:
-                (no_decay if p.dim() < 2 or "embed" in name else decay).append(p)
+                (no_decay if p.dim() < 2 or "embed" in pname else decay).append(p)
         groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        opt = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps)
+        if name == "nag":
+            opt = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum, nesterov=True)
+        else:
+            opt = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps)
+        if hp.get("lr_plateau_factor", 0.0) > 0:
+            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=hp.lr_plateau_factor, patience=0, min_lr=1e-5)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val/loss", "interval": "epoch"}}
         if hp.warmup_steps <= 0:
             return opt
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: inverse_sqrt(s + 1, hp.warmup_steps))

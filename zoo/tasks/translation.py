@@ -28,6 +28,11 @@ class TranslationTask(ZooModule):
         lr: peak learning rate (after warm-up); warmup_steps: linear warm-up, then
             inverse square root decay (0: constant).
         betas, eps, weight_decay: AdamW settings (paper: 0.9, 0.98, 1e-9).
+        optimizer: ``"adamw"`` or ``"nag"``: SGD with Nesterov momentum ``momentum``
+            (ConvS2S's recipe: lr 0.25, momentum 0.99, gradient norm clipped at 0.1).
+        lr_plateau_factor: when > 0, multiply the learning rate by this factor after each
+            validation that does not improve the validation loss (ConvS2S: 0.1); the warm-up
+            schedule is then not used.
         label_smoothing: epsilon_ls of the paper (0.1).
         init_from: a pretrained name, folder or Hub id to start from (fine-tuning); its
             architecture and config are used, ``arch_args`` may still override e.g. dropout.
@@ -51,6 +56,9 @@ class TranslationTask(ZooModule):
         betas: tuple[float, float] = (0.9, 0.98),
         eps: float = 1e-9,
         weight_decay: float = 0.0,
+        optimizer: str = "adamw",
+        momentum: float = 0.99,
+        lr_plateau_factor: float = 0.0,
         label_smoothing: float = 0.1,
         init_from: str | None = None,
         val_beam_size: int = 1,
