@@ -136,3 +136,13 @@ def test_tied_and_shared_embeddings():
     assert net.tgt_embed is net.encoder.embed and net.out_proj.weight is net.tgt_embed.weight
     with pytest.raises(ValueError, match="share_embeddings needs src_vocab_size == tgt_vocab_size"):
         build_network("seq2seq_luong", src_vocab_size=10, tgt_vocab_size=12, share_embeddings=True)
+
+
+def test_forget_gate_bias_option():
+    net = tiny("seq2seq_luong", forget_bias=1.0)
+    for rnn in (net.encoder.rnn, net.decoder.rnn):
+        h = rnn.hidden_size
+        for layer in range(rnn.num_layers):
+            total = getattr(rnn, f"bias_ih_l{layer}") + getattr(rnn, f"bias_hh_l{layer}")
+            assert torch.equal(total[h : 2 * h], torch.ones(h))  # gates: input, forget, cell, output
+            assert total[:h].abs().max() <= 0.16  # the others keep the uniform initialisation
