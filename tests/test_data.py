@@ -91,6 +91,10 @@ def test_token_batches_respect_budget_and_cover_everything():
     assert epoch1 != epoch2  # a new order each epoch
     sampler.set_epoch(1)  # as Lightning does when a run resumes at epoch 1
     assert list(sampler) == epoch2
+    resumed = TokenBatchSampler(lengths, max_tokens=120, shuffle=True, seed=3)
+    it = iter(resumed)
+    resumed.set_epoch(1)  # Lightning builds the loader's iterator first, then sets the epoch
+    assert [next(it) for _ in range(3)] == epoch2[:3]
     fixed = TokenBatchSampler(lengths, max_tokens=120, shuffle=False)
     assert list(fixed) == list(fixed)
     with pytest.raises(ValueError, match="smaller than the longest example"):

@@ -3,6 +3,12 @@
 ``zoo fit|validate|test|predict --config FILE`` run LightningCLI; ``zoo list``, ``info``,
 ``translate``, ``sample``, ``attention`` and ``publish`` are small commands of our own. Lightning and wandb are
 imported only by the commands that need them, so ``zoo list`` answers at once.
+
+The Lightning commands add zoo's safety defaults (``zoo.training``): checkpoints are written
+atomically and read with ``weights_only=True``; the random generators' state travels with
+each checkpoint, so a resumed run continues as the uninterrupted one would; and a config
+with no ``ModelCheckpoint`` keeps ``<default_root_dir>/checkpoints/last.ckpt``, rewritten
+every ``--checkpoint_every_n_steps`` (500) steps and at the end.
 """
 
 from __future__ import annotations
@@ -86,6 +92,7 @@ def _lightning(argv: list[str]) -> Any:
     from lightning.pytorch.loggers import WandbLogger
 
     from zoo.tasks.base import ZooModule
+    from zoo.training import DEFAULT_EVERY_N_STEPS, LastCheckpoint, RandomState, install_atomic_checkpoint_io
 
     import inspect
 
@@ -97,6 +104,45 @@ def _lightning(argv: list[str]) -> Any:
         def add_arguments_to_parser(self, parser: Any) -> None:
             for name in links:
                 parser.link_arguments(f"data.{name}", f"model.init_args.{name}", apply_on="instantiate")
+            parser.add_argument(
+                "--checkpoint_every_n_steps", type=int, default=DEFAULT_EVERY_N_STEPS,
+                help="when trainer.callbacks has no ModelCheckpoint: keep <default_root_dir>/checkpoints/last.ckpt, "
+                     "rewritten every N training steps and at the end (resume with --ckpt_path last); "
+                     "0 leaves checkpointing to Lightning's default",
+            )
+
+        def _parse_ckpt_path(self) -> None:
+            # LightningCLI reads the hyperparameters of --ckpt_path (weights_only); say in one line what it refused
+            import pickle
+
+            from zoo.training import refused
+
+            try:
+                super()._parse_ckpt_path()
+            except pickle.UnpicklingError as err:
+                raise refused(self.config[self.config.subcommand].get("ckpt_path"), err) from None
+
+        def instantiate_trainer(self, **kwargs: Any) -> Any:
+            """The Trainer, with zoo's safety defaults: atomic checkpoints, a periodic last.ckpt, resumable RNG."""
+            from lightning.pytorch.callbacks import ModelCheckpoint
+
+            cfg = self.config_init[self.subcommand] if self.subcommand else self.config_init
+            trainer_cfg = cfg.get("trainer") or {}
+            given = kwargs.get("callbacks", trainer_cfg.get("callbacks"))
+            callbacks = [] if given is None else list(given) if isinstance(given, (list, tuple)) else [given]
+            callbacks.append(RandomState())
+            every = cfg.get("checkpoint_every_n_steps") or 0
+            if (
+                self.subcommand in (None, "fit")
+                and every > 0
+                and trainer_cfg.get("enable_checkpointing", True) is not False
+                and not any(isinstance(cb, ModelCheckpoint) for cb in callbacks)
+            ):
+                root = trainer_cfg.get("default_root_dir") or os.getcwd()
+                callbacks.append(LastCheckpoint(os.path.join(root, "checkpoints"), every_n_train_steps=every))
+            trainer = super().instantiate_trainer(**{**kwargs, "callbacks": callbacks})
+            install_atomic_checkpoint_io(trainer)
+            return trainer
 
         def before_instantiate_classes(self) -> None:
             cfg = self.config[self.subcommand] if self.subcommand else self.config

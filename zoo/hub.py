@@ -9,17 +9,24 @@ A checkpoint folder holds exactly::
 
 Only JSON, safetensors and tokenizer files are ever read from a folder or a download:
 nothing is unpickled. Loading is strict: a missing, unexpected or misshapen tensor is an
-error that names it.
+error that names it, and the architecture the file was made for. A registered name's
+weights are checked against the sha256 its registry entry records. Repo ids and revisions
+are validated before they become paths in the Hugging Face cache.
 
 ``zoo.load(x)`` resolves ``x`` as: a local folder; else a registered ``arch.tag`` name,
 from its folder under ``checkpoints/`` (or ``$ZOO_CHECKPOINTS``) or else its Hub repo at
-the pinned revision; else a Hub repo id ``org/name``. Downloads go through the HF cache
-and honour ``HF_HUB_OFFLINE``.
+the pinned revision (another ``revision`` always downloads that one); else a Hub repo id
+``org/name``. Downloads go through the HF cache and honour ``HF_HUB_OFFLINE``.
+
+Saving is atomic per folder: every file is written and flushed to disk under a temporary
+name first, then all are renamed into place, so a save that fails leaves the previous
+checkpoint as it was.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import inspect
 import json
 import os
@@ -32,7 +39,7 @@ import torch
 from torch import nn
 
 import zoo
-from zoo.registry import PRETRAINED, get_architecture, get_pretrained
+from zoo.registry import PRETRAINED, Pretrained, check_repo_id, check_revision, get_architecture, get_pretrained
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG, WEIGHTS, TOKENIZER, SRC_TOKENIZER, CARD = "config.json", "model.safetensors", "tokenizer.json", "tokenizer_src.json", "README.md"
@@ -48,7 +55,10 @@ def _download(repo_id: str, revision: str | None) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
+    check_repo_id(repo_id)
+    check_revision(revision)
     try:
+        # only JSON, safetensors and the card: nothing that could be unpickled is fetched
         path = snapshot_download(repo_id, revision=revision, allow_patterns=ALLOWED_FILES)
     except LocalEntryNotFoundError:
         raise FileNotFoundError(
@@ -60,21 +70,29 @@ def _download(repo_id: str, revision: str | None) -> Path:
     return Path(path)
 
 
-def resolve_folder(name_or_path: str | os.PathLike, revision: str | None = None) -> Path:
-    """The local folder holding the checkpoint ``name_or_path`` (see module docstring)."""
+def _resolve(name_or_path: str | os.PathLike, revision: str | None = None) -> tuple[Path, Pretrained | None]:
+    """The checkpoint folder of ``name_or_path``, and its registry entry when it is a registered name."""
+    check_revision(revision)
     path = Path(name_or_path).expanduser()
     name = str(name_or_path)
+    entry = None
     if path.is_dir():
-        folder = path
-    elif name in PRETRAINED or ("." in name and "/" not in name):
+        folder = path  # a folder the user points at is theirs to give
+    elif name in PRETRAINED or ("." in name and "/" not in name and os.sep not in name and not name.startswith((".", "~"))):
         entry = get_pretrained(name)  # raises with close matches when unknown
-        local = checkpoints_dir() / entry.name
-        folder = local if (local / CONFIG).exists() else _download(entry.hub_id, revision or entry.revision)
+        root = checkpoints_dir()
+        local = root / entry.name
+        if Path(os.path.abspath(local)).parent != Path(os.path.abspath(root)):  # names are checked; a second lock
+            raise ValueError(f"pretrained name {entry.name!r} points outside {root}")
+        if (local / CONFIG).exists() and (revision is None or revision == entry.revision):
+            folder = local
+        else:
+            folder = _download(entry.hub_id, revision or entry.revision)
     elif name.count("/") == 1 and not path.exists() and not name.startswith((".", "/", "~")):
-        folder = _download(name, revision)
+        folder = _download(check_repo_id(name), revision)
     elif path.exists():
         raise ValueError(f"{path} is a file, not a checkpoint folder; give the folder that holds {CONFIG}")
-    elif os.sep in name or name.startswith((".", "~")):
+    elif os.sep in name or "/" in name or name.startswith((".", "~")):
         raise FileNotFoundError(f"no checkpoint folder at {path}; check the path, or give a name from `zoo list --pretrained`")
     else:
         get_pretrained(name)  # unknown name: raises listing the closest ones
@@ -83,7 +101,34 @@ def resolve_folder(name_or_path: str | os.PathLike, revision: str | None = None)
         raise FileNotFoundError(
             f"{folder} has no {CONFIG}, so it is not a zoo checkpoint; save one with model.save_pretrained(folder)"
         )
-    return folder
+    return folder, entry
+
+
+def resolve_folder(name_or_path: str | os.PathLike, revision: str | None = None) -> Path:
+    """The local folder holding the checkpoint ``name_or_path`` (see module docstring)."""
+    return _resolve(name_or_path, revision)[0]
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify_published(entry: Pretrained, folder: Path) -> None:
+    """Raise unless ``folder``'s weights are the ones ``entry`` was published with."""
+    path = folder / WEIGHTS
+    if not entry.sha256 or not path.exists():
+        return  # no digest recorded (a third-party entry), or missing: load_weights says so
+    actual = sha256_of(path)
+    if actual != entry.sha256:
+        raise ValueError(
+            f"{path} differs from the published {entry.name} weights (sha256 {actual[:12]}..., expected "
+            f"{entry.sha256[:12]}...): it was damaged or replaced; delete {folder} to download it again, "
+            f"or load other weights on purpose by their folder or with revision=..."
+        )
 
 
 def read_config(folder: str | os.PathLike) -> dict[str, Any]:
@@ -114,7 +159,8 @@ def _unique_state(net: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, st
     return state, aliases
 
 
-def save_weights(net: nn.Module, path: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
+def _weights_writer(net: nn.Module, dtype: torch.dtype | None = None) -> Any:
+    """A function writing ``net``'s weights as safetensors to the path it is given."""
     from safetensors.torch import save_file
 
     state, aliases = _unique_state(net)
@@ -124,11 +170,39 @@ def save_weights(net: nn.Module, path: str | os.PathLike, dtype: torch.dtype | N
     }
     # one metadata key: safetensors writes its metadata map in no fixed order, and identical
     # weights should give identical bytes (git keeps every version of a checkpoint)
-    _atomic(path, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+    return lambda tmp: save_file(state, tmp, metadata={"format": "pt"})
 
 
-def load_weights(net: nn.Module, path: str | os.PathLike) -> None:
-    """Load ``path`` into ``net`` strictly: every tensor present, none extra, shapes equal."""
+def save_weights(net: nn.Module, path: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
+    _atomic(path, _weights_writer(net, dtype))
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value, default=str))
+
+
+def _provenance(net: nn.Module, source: dict[str, Any] | None, into: str | None) -> str:
+    """Which architecture the weights file was made for, and which one it is going into."""
+    source = source or {}
+    made_for = source.get("arch") or "an architecture its folder does not name (no config.json beside it)"
+    into = into or type(net).__name__
+    text = f"the file was made for {made_for} and is being loaded into {into} ({type(net).__name__})"
+    file_net = source.get("net") or {}
+    mine = _jsonable(net.config_dict()) if hasattr(net, "config_dict") else {}
+    diffs = [f"{k} {file_net[k]!r} vs {mine[k]!r}" for k in sorted(set(file_net) & set(mine)) if file_net[k] != mine[k]]
+    if diffs:
+        text += f"; the configs differ in {', '.join(diffs)}"
+    elif file_net and mine:
+        text += " built from the same config, so model.safetensors is not the file config.json describes"
+    return text
+
+
+def load_weights(net: nn.Module, path: str | os.PathLike, *, source: dict[str, Any] | None = None, into: str | None = None) -> None:
+    """Load ``path`` into ``net`` strictly: every tensor present, none extra, shapes equal.
+
+    ``source`` is the config.json of the folder (read from beside ``path`` when not given)
+    and ``into`` the architecture name of ``net``; errors name both.
+    """
     from safetensors.torch import load_file
 
     path = Path(path)
@@ -138,14 +212,19 @@ def load_weights(net: nn.Module, path: str | os.PathLike) -> None:
         loaded = load_file(str(path))
     except Exception as err:  # safetensors raises its own error type for bad headers and short files
         raise ValueError(f"{path} is truncated or corrupt ({err}); delete the folder and download or save it again") from None
+    if source is None:
+        try:
+            source = json.loads((path.parent / CONFIG).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            source = None
     expected, aliases = _unique_state(net)
     missing = sorted(set(expected) - set(loaded))
     unexpected = sorted(set(loaded) - set(expected))
     if missing or unexpected:
         raise ValueError(
-            f"weights in {path} do not match the model built from config.json: "
+            f"weights in {path} do not match the model: "
             f"missing {missing or 'none'}, unexpected {unexpected or 'none'}; "
-            "the config and weights come from different models"
+            f"{_provenance(net, source, into)}; load the folder with zoo.load, or give weights of this architecture"
         )
     data_sized = set(getattr(net, "data_sized_buffers", ()))  # e.g. n-gram counts: as large as the data made them
     wrong = [
@@ -154,7 +233,9 @@ def load_weights(net: nn.Module, path: str | os.PathLike) -> None:
         if loaded[k].shape != v.shape and k not in data_sized
     ]
     if wrong:
-        raise ValueError(f"weights in {path} have other shapes than the model built from config.json: {'; '.join(wrong)}")
+        raise ValueError(
+            f"weights in {path} have other shapes than the model: {'; '.join(wrong)}; {_provenance(net, source, into)}"
+        )
     for alias, key in aliases.items():
         loaded[alias] = loaded[key]
     net.load_state_dict(loaded, strict=True)  # copies, casting fp16 storage to the model's dtype
@@ -187,18 +268,24 @@ class PretrainedFiles:
 
     folder: Path
     config: dict[str, Any]
+    entry: Pretrained | None = None  # the registry entry whose published sha256 the weights must have
 
     @property
     def tokenizers(self) -> tuple[Any, Any] | None:
         return _tokenizers_in(self.folder) if (self.folder / TOKENIZER).exists() else None
 
-    def load_into(self, net: nn.Module) -> None:
-        load_weights(net, self.folder / WEIGHTS)
+    def load_into(self, net: nn.Module, arch: str | None = None) -> None:
+        """Check the weights' sha256 (registered names), then load them strictly into ``net``."""
+        if self.entry is not None:
+            verify_published(self.entry, self.folder)
+        load_weights(net, self.folder / WEIGHTS, source=self.config, into=arch)
 
 
 def read_pretrained(name_or_path: str, revision: str | None = None) -> PretrainedFiles:
-    folder = resolve_folder(name_or_path, revision)
-    return PretrainedFiles(folder, read_config(folder))
+    folder, entry = _resolve(name_or_path, revision)
+    if entry is not None and revision is not None and revision != entry.revision:
+        entry = None  # other weights asked for on purpose: the published digest does not apply
+    return PretrainedFiles(folder, read_config(folder), entry)
 
 
 def load(name_or_path: str, *, revision: str | None = None, **overrides: Any) -> Any:
@@ -222,15 +309,29 @@ def load(name_or_path: str, *, revision: str | None = None, **overrides: Any) ->
     hparams["arch_args"] = arch_args
     hparams.pop("init_from", None)
     model = cls(**hparams)
-    files.load_into(model.net)
+    files.load_into(model.net, hparams["arch"])
     model.tokenizers = files.tokenizers
     model.pretrained_config = files.config
     return model.eval()
 
 
 # -- saving -------------------------------------------------------------------------
-def _atomic(path: str | os.PathLike, write: Any) -> None:
-    """Write through a temporary file in the same folder and rename: never a half-written file."""
+def _fsync(path: str | os.PathLike) -> None:
+    """Flush a file, or a folder's entries, to the disk (best effort where the OS has no such call)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # e.g. folders on Windows
+    finally:
+        os.close(fd)
+
+
+def _stage(path: str | os.PathLike, write: Any) -> str:
+    """Write ``path``'s content through ``write(tmp)`` to a temporary file beside it, on disk; return the temporary."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -239,14 +340,56 @@ def _atomic(path: str | os.PathLike, write: Any) -> None:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; a checkpoint is an ordinary file
+        _fsync(tmp)
+    except BaseException:
+        _remove(tmp)
+        raise
+    return tmp
+
+
+def _remove(path: str) -> None:
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
+
+
+def _atomic(path: str | os.PathLike, write: Any) -> None:
+    """Write through a temporary file in the same folder, fsync, rename: never a half-written file."""
+    tmp = _stage(path, write)
+    try:
         os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    except BaseException:
+        _remove(tmp)
+        raise
+    _fsync(Path(path).parent)
 
 
 def _write_text(path: Path, text: str) -> None:
     _atomic(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def _atomic_folder(folder: Path, writers: dict[str, Any]) -> None:
+    """Replace the checkpoint files of ``folder`` with those ``writers`` make, all or none.
+
+    Every file is staged (written and fsynced under a temporary name) before any is renamed
+    into place, so an error while writing leaves the previous checkpoint whole. Checkpoint
+    files the new save does not have (a stale ``tokenizer_src.json``) are removed after.
+    Only a crash in the microseconds between the renames can mix two saves.
+    """
+    staged: dict[str, str] = {}
+    try:
+        for name, write in writers.items():
+            staged[name] = _stage(folder / name, write)
+        for name in [n for n in writers if n != CONFIG] + [CONFIG]:  # config.json last: it names the rest
+            os.replace(staged.pop(name), folder / name)
+    finally:
+        for tmp in staged.values():
+            _remove(tmp)
+    for name in ALLOWED_FILES:
+        if name not in writers and (folder / name).exists():
+            os.remove(folder / name)
+    _fsync(folder)
 
 
 def model_config(model: Any, *, metrics: dict[str, Any] | None = None, data: dict[str, Any] | None = None, dtype: str = "float32") -> dict[str, Any]:
@@ -287,7 +430,7 @@ def save_pretrained(
     data: dict[str, Any] | None = None,
     card: str | None = None,
 ) -> Path:
-    """Write ``model`` in Hub layout to ``directory``; each file atomically.
+    """Write ``model`` in Hub layout to ``directory``, atomically: a save that fails leaves the previous one whole.
 
     Args:
         dtype: ``"float32"`` or ``"float16"`` storage (loading casts back to the model's dtype).
@@ -303,19 +446,24 @@ def save_pretrained(
     folder.mkdir(parents=True, exist_ok=True)
     data = data or getattr(model, "data_description", None)
     config = model_config(model, metrics=metrics, data=data, dtype=dtype)
-    save_weights(model.net, folder / WEIGHTS, getattr(torch, dtype))
+    writers: dict[str, Any] = {WEIGHTS: _weights_writer(model.net, getattr(torch, dtype))}
     if model.tokenizers is not None:
         src, tgt = model.tokenizers
-        tgt.save(folder / TOKENIZER)
+        writers[TOKENIZER] = tgt.save
         if src is not tgt:
-            src.save(folder / SRC_TOKENIZER)
-    _write_text(folder / CONFIG, json.dumps(config, indent=2) + "\n")
-    _write_text(folder / CARD, write_card(config, body=card))
+            writers[SRC_TOKENIZER] = src.save
+    card_text = write_card(config, body=card)
+    writers[CARD] = lambda tmp: Path(tmp).write_text(card_text, encoding="utf-8")
+    config_text = json.dumps(config, indent=2) + "\n"
+    writers[CONFIG] = lambda tmp: Path(tmp).write_text(config_text, encoding="utf-8")
+    _atomic_folder(folder, writers)
     return folder
 
 
 def push_to_hub(model: Any, repo_id: str, *, private: bool = False, commit_message: str = "Upload zoo model", **save_kwargs: Any) -> str:
     from huggingface_hub import HfApi
+
+    check_repo_id(repo_id)
 
     with tempfile.TemporaryDirectory() as tmp:
         save_pretrained(model, tmp, **save_kwargs)
@@ -327,6 +475,7 @@ def push_to_hub(model: Any, repo_id: str, *, private: bool = False, commit_messa
 
 def publish(name_or_path: str, repo_id: str, *, dry_run: bool = False, private: bool = False) -> list[str]:
     """Upload a checkpoint folder as it is (weights, config, tokenizer, card) to ``repo_id``."""
+    check_repo_id(repo_id)
     folder = resolve_folder(name_or_path)
     files = [f for f in ALLOWED_FILES if (folder / f).exists()]
     total = sum((folder / f).stat().st_size for f in files)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import re
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -31,6 +32,8 @@ __all__ = [
     "get_pretrained",
     "list_models",
     "build_network",
+    "check_repo_id",
+    "check_revision",
 ]
 
 
@@ -45,11 +48,16 @@ class Architecture:
 
 @dataclass(frozen=True)
 class Pretrained:
-    """Metadata of one set of published weights, named ``arch.tag``."""
+    """Metadata of one set of published weights, named ``arch.tag``.
+
+    ``sha256`` is the hex digest of the published ``model.safetensors``; loading the name
+    checks the file against it (``sha256sum checkpoints/NAME/model.safetensors``).
+    """
 
     name: str
     hub_id: str
     revision: str | None = None
+    sha256: str = ""
     params: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
     recipe: str = ""
@@ -92,9 +100,54 @@ def register_model(task: str, config: type, paper: str = "") -> Callable[[Callab
     return wrap
 
 
+# -- names that become paths --------------------------------------------------------
+# A pretrained name is a folder under checkpoints/; a repo id and a revision become folders
+# and files in the Hugging Face cache. None of them may climb out of those folders.
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*\.[A-Za-z0-9][A-Za-z0-9_.-]*")
+_REPO_PART = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_.-]*[A-Za-z0-9_])?")
+_REVISION = re.compile(r"[A-Za-z0-9_.-]+(?:/[A-Za-z0-9_.-]+)*")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def check_repo_id(repo_id: str) -> str:
+    """``repo_id`` if it is a valid Hugging Face repo id (``org/name`` or ``name``), else a one-line ValueError."""
+    parts = repo_id.split("/") if isinstance(repo_id, str) else []
+    if not (
+        1 <= len(parts) <= 2
+        and all(_REPO_PART.fullmatch(p) for p in parts)
+        and ".." not in repo_id
+        and "--" not in repo_id
+        and len(repo_id) <= 96
+    ):
+        raise ValueError(
+            f"{repo_id!r} is not a valid Hugging Face repo id: it reads ORG/NAME with letters, digits, "
+            "'-', '_' and '.' (no '..' or '--', at most 96 characters); a local folder must exist"
+        )
+    return repo_id
+
+
+def check_revision(revision: str | None) -> str | None:
+    """``revision`` if it is a plausible branch, tag or commit name, else a one-line ValueError."""
+    if revision is None:
+        return None
+    if not (isinstance(revision, str) and _REVISION.fullmatch(revision) and ".." not in revision and len(revision) <= 256):
+        raise ValueError(
+            f"{revision!r} is not a valid revision: give a branch, tag or commit hash "
+            "(letters, digits, '-', '_', '.', '/'; no '..')"
+        )
+    return revision
+
+
 def register_pretrained(entry: Pretrained) -> Pretrained:
-    if "." not in entry.name:
-        raise ValueError(f"pretrained name {entry.name!r} must read 'arch.tag'")
+    if not _NAME.fullmatch(entry.name) or ".." in entry.name:
+        raise ValueError(
+            f"pretrained name {entry.name!r} must read 'arch.tag' with letters, digits, '_', '-' "
+            "(it becomes a folder under checkpoints/)"
+        )
+    check_repo_id(entry.hub_id)
+    check_revision(entry.revision)
+    if entry.sha256 and not _SHA256.fullmatch(entry.sha256):
+        raise ValueError(f"sha256 of {entry.name} must be 64 lowercase hex digits, not {entry.sha256!r}")
     if entry.name in PRETRAINED:
         raise ValueError(f"pretrained weights {entry.name!r} are registered twice")
     PRETRAINED[entry.name] = entry

@@ -59,10 +59,13 @@ class TokenBatchSampler(Sampler[list[int]]):
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[list[int]]:
+        # a generator: the order is drawn at the first batch, not when the loader is built,
+        # because Lightning builds the iterator before it calls set_epoch (a resumed run
+        # would otherwise replay epoch 0's order)
         if self.shuffle:
             self._batches = self._make_batches(random.Random(self.seed + self.epoch))
             self.epoch += 1
-        return iter(self._batches)
+        yield from self._batches
 
     def __len__(self) -> int:
         return len(self._batches)

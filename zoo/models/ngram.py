@@ -191,6 +191,7 @@ register_pretrained(
     Pretrained(
         name="ngram.multi30k_en",
         hub_id="zoo-models/ngram.multi30k_en",
+        sha256="45cd59ee32f9b4df819f496c9dd5b549d1b9b75dc20e9e3e35e068c283adb34f",
         params=0,  # counts, not parameters: 258,326 stored 4-grams
         metrics={"ppl": 49.08},
         recipe="configs/ngram.multi30k_en.yaml",

@@ -91,6 +91,7 @@ register_pretrained(
     Pretrained(
         name="rnn_lm.multi30k_en",
         hub_id="zoo-models/rnn_lm.multi30k_en",
+        sha256="6c434eb33c2e747e3bd319671bc3262d27dbea0290ebfa794d2aabd9aa1d1ce2",
         params=8_306_496,
         metrics={"ppl": 37.61},
         recipe="configs/rnn_lm.multi30k_en.yaml",

@@ -48,6 +48,7 @@ class RNNSeq2SeqConfig:
     input_feeding: bool = True  # luong: feed h~ of the previous step into the RNN
     share_embeddings: bool = False  # one table for source and target (needs a joint vocabulary)
     tie_output: bool = False  # output layer = target embedding, through a hidden -> emb projection
+    forget_bias: float = 0.0  # LSTM forget-gate bias at initialisation (1.0: Jozefowicz et al. 2015)
     max_len: int = 256
 
 
@@ -228,6 +229,13 @@ class RNNSeq2Seq(EncoderDecoder):
     def reset_parameters(self) -> None:
         for p in self.parameters():
             nn.init.uniform_(p, -0.08, 0.08)  # Sutskever et al. 2014, section 3.4
+        if self.config.forget_bias:  # the gates of nn.LSTM's biases are ordered input, forget, cell, output
+            for rnn in (m for m in self.modules() if isinstance(m, nn.LSTM)):
+                for name, bias in rnn.named_parameters():
+                    if name.startswith("bias_ih"):
+                        with torch.no_grad():
+                            bias.chunk(4)[1].fill_(self.config.forget_bias)
+                            getattr(rnn, name.replace("ih", "hh")).chunk(4)[1].zero_()
         for emb in {self.encoder.embed, self.tgt_embed}:
             with torch.no_grad():
                 emb.weight[self.config.pad_id].zero_()
@@ -305,6 +313,7 @@ register_pretrained(
     Pretrained(
         name="seq2seq_lstm.multi30k",
         hub_id="zoo-models/seq2seq_lstm.multi30k",
+        sha256="73a981bb1949046dd065e70468196ffe41cf9b3a3c4914df625e7c98352d5bd3",
         params=9_543_744,
         metrics={"sacrebleu/greedy": 19.1, "bleu_lc/greedy": 19.23, "sacrebleu/beam4": 21.0, "bleu_lc/beam4": 21.13,
                  "ppl": 14.5},
@@ -320,6 +329,7 @@ register_pretrained(
     Pretrained(
         name="seq2seq_bahdanau.multi30k",
         hub_id="zoo-models/seq2seq_bahdanau.multi30k",
+        sha256="dce0a499c4ae746084b9cf56528b11087dfd87b1848e511a9a982c4f5e71799e",
         params=9_144_896,
         metrics={"sacrebleu/greedy": 37.01, "bleu_lc/greedy": 37.26, "sacrebleu/beam4": 38.22, "bleu_lc/beam4": 38.47,
                  "ppl": 7.75},

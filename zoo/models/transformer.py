@@ -220,6 +220,7 @@ register_pretrained(
     Pretrained(
         name="transformer_small.multi30k",
         hub_id="zoo-models/transformer_small.multi30k",
+        sha256="7506ea9b8e4c6a64c479d88618b22520658d7b73d4fd9cdf2da484673c9996c5",
         params=7_577_600,
         metrics={"sacrebleu/greedy": 39.18, "bleu_lc/greedy": 39.41, "sacrebleu/beam4": 39.43, "bleu_lc/beam4": 39.66,
                  "ppl": 5.94},

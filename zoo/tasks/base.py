@@ -9,6 +9,11 @@ from typing import Any
 import lightning as L
 import torch
 
+try:  # Lightning's guard against calling it on an instance (it returns a new model)
+    from lightning.pytorch.utilities.model_helpers import _restricted_classmethod
+except ImportError:  # pragma: no cover
+    _restricted_classmethod = classmethod  # type: ignore[misc,assignment]
+
 
 def inverse_sqrt(step: int, warmup: int) -> float:
     """Vaswani et al. 2017 eq. 3 relative to its peak: linear warm-up, then 1/sqrt(step)."""
@@ -43,7 +48,7 @@ class ZooModule(L.LightningModule):
     def take_start(self, start: Any) -> None:
         """Load the pretrained weights (strictly) and vocabulary resolved by :meth:`resolve_start`."""
         if start is not None:
-            start.load_into(self.net)
+            start.load_into(self.net, self.hparams.get("arch"))
             self.tokenizers = start.tokenizers
 
     # -- vocabulary follows the data, and travels with Lightning checkpoints ----
@@ -86,6 +91,35 @@ class ZooModule(L.LightningModule):
             src = TextTokenizer(Tokenizer.from_str(texts[0]))
             tgt = src if texts[-1] == texts[0] else TextTokenizer(Tokenizer.from_str(texts[-1]))
             self.tokenizers = (src, tgt)
+
+    @_restricted_classmethod
+    def load_from_checkpoint(
+        cls,
+        checkpoint_path: Any,
+        map_location: Any = None,
+        hparams_file: Any = None,
+        strict: bool | None = None,
+        weights_only: bool | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Lightning's ``load_from_checkpoint``, for local files only and with ``weights_only=True``.
+
+        A training checkpoint is read with ``torch.load(weights_only=True)``, which rebuilds
+        tensors and plain values and refuses anything that would run code; loading is strict.
+        Published weights load by name with :func:`zoo.load` (safetensors, never pickles).
+        """
+        import pickle
+
+        from zoo.training import checked_source, refused
+
+        checked_source(checkpoint_path, weights_only)
+        try:
+            return super().load_from_checkpoint(
+                checkpoint_path, map_location=map_location, hparams_file=hparams_file, strict=strict,
+                weights_only=True, **kwargs,
+            )
+        except pickle.UnpicklingError as err:
+            raise refused(checkpoint_path, err) from None
 
     # -- Hub layout -----------------------------------------------------------
     def save_pretrained(self, directory: str | os.PathLike, **kwargs: Any) -> None:
