@@ -17,6 +17,7 @@ suite reproduces. Prints everything as JSON.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib
 import json
 import time
@@ -103,7 +104,7 @@ def measure_lm(stored, dm) -> tuple[dict, dict, dict]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("run", type=Path, help="Lightning checkpoint, or a folder of them")
+    p.add_argument("run", type=Path, nargs="?", help="Lightning checkpoint, or a folder of them")
     p.add_argument("--name", required=True, help="arch.tag of the checkpoint")
     p.add_argument("--average", type=int, default=1, help="average the N best checkpoints of the folder")
     p.add_argument("--dtype", default="float16", choices=["float32", "float16"])
@@ -111,8 +112,19 @@ def main() -> None:
     p.add_argument("--card", default=None,
                    help="Markdown file with more of the card's body (default: the '## NAME' section of MODEL_CARDS.md)")
     p.add_argument("--out", default=None, help="folder (default checkpoints/NAME)")
+    p.add_argument("--card-only", action="store_true",
+                   help="only rewrite the folder's README.md card from its config.json and MODEL_CARDS.md")
     args = p.parse_args()
     torch.manual_seed(0)
+    out = Path(args.out or zoo.hub.checkpoints_dir() / args.name)
+    if args.card_only:
+        config = read_config(out)
+        body = Path(args.card).read_text(encoding="utf-8") if args.card else model_cards_section(args.name)
+        _write_text(out / CARD, write_card(config, body=body))
+        print(f"rewrote {out / CARD}")
+        return
+    if args.run is None:
+        p.error("give the Lightning checkpoint or run folder to publish (or --card-only)")
 
     probe = sorted(args.run.glob("*.ckpt"))[0] if args.run.is_dir() else args.run
     meta = torch.load(probe, map_location="cpu", weights_only=True)
@@ -130,7 +142,6 @@ def main() -> None:
     dm = import_path(meta["datamodule_hyper_parameters"]["_class_path"])(**{**dm_hp, "test_limit": None})
     dm._tokenizers = model.tokenizers
     dm._tokenizer = model.tokenizers[1]
-    out = Path(args.out or zoo.hub.checkpoints_dir() / args.name)
     save_pretrained(model, out, dtype=args.dtype, data={**dm.describe(), "test_split": "test_2016_flickr"})
 
     stored = zoo.load(str(out))  # measure what was stored, not what was trained
@@ -146,8 +157,10 @@ def main() -> None:
     _write_text(out / CONFIG, json.dumps(config, indent=2) + "\n")
     _write_text(out / CARD, write_card(config, body=body))
     size = sum(f.stat().st_size for f in out.iterdir())
+    digest = hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest()
     print(json.dumps({"folder": str(out), "size_mb": round(size / 1e6, 2), "num_params": config["num_params"],
-                      "metrics": metrics, "reproduce": reproduce, "seconds": timing}, indent=2))
+                      "metrics": metrics, "reproduce": reproduce, "seconds": timing, "sha256": digest}, indent=2))
+    print("register it with sha256=" + repr(digest))
 
 
 if __name__ == "__main__":

@@ -38,9 +38,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import weight_norm
 
-from zoo.models.base import EncoderDecoder, make_config
+from zoo.models.base import EncoderDecoder, check_at_least, check_vocab, make_config
 from zoo.nn.attention import DotAttention
-from zoo.registry import register_model
+from zoo.registry import MULTI30K_DE_EN, ZOO_LICENSE, Pretrained, register_model, register_pretrained
 
 SQRT_HALF = math.sqrt(0.5)
 
@@ -68,8 +68,19 @@ def _check(c: ConvS2SConfig) -> None:
         raise ValueError("kernel_size, hidden_dim and emb_dim must be at least 1")
     if not 0.0 <= c.dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {c.dropout}")
+    check_vocab(c, "src_vocab_size", "tgt_vocab_size")
+    check_at_least(c, "max_len")
     if c.share_embeddings and c.src_vocab_size != c.tgt_vocab_size:
         raise ValueError("share_embeddings needs src_vocab_size == tgt_vocab_size (a joint vocabulary)")
+
+
+def _check_length(length: int, max_len: int) -> None:
+    """Learned positions end at ``max_len``: say so instead of an index error from nn.Embedding."""
+    if length > max_len:
+        raise ValueError(
+            f"sequence of {length} positions is longer than the model's maximum of "
+            f"{max_len}; shorten the input or build the model with a larger max_len"
+        )
 
 
 def init_layer(layer: nn.Linear | nn.Conv1d, keep: float = 1.0, glu: bool = False) -> nn.Module:
@@ -147,6 +158,7 @@ class ConvEncoder(nn.Module):
         self.grad_scale = 1.0 / (2.0 * c.decoder_layers)  # every decoder layer attends: keys and values
 
     def forward(self, src: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        _check_length(src.size(1), self.positions.num_embeddings)
         pad_mask = src.eq(self.pad_id)  # (B, S)
         keep = (~pad_mask)[:, None, :]  # (B, 1, S)
         pos = torch.arange(src.size(1), device=src.device)
@@ -225,6 +237,7 @@ class ConvS2S(EncoderDecoder):
         each layer's earlier inputs come from its window.
         """
         offset = state["length"] if state is not None else 0
+        _check_length(offset + tgt_in.size(1), self.config.max_len)
         pos = torch.arange(offset, offset + tgt_in.size(1), device=tgt_in.device)
         g = self.drop(self.tgt_embed(tgt_in) + self.tgt_positions(pos))  # (B, T, f)
         x = self.proj_in(g).transpose(1, 2)  # (B, d, T)
@@ -288,3 +301,19 @@ def convs2s_large(**kw: Any) -> ConvS2S:
     (the paper widens its upper layers to 1024 and 2048 channels)."""
     defaults = dict(emb_dim=512, hidden_dim=512, encoder_layers=15, decoder_layers=15, dropout=0.1)
     return ConvS2S(make_config(ConvS2SConfig, defaults, kw))
+
+
+register_pretrained(
+    Pretrained(
+        name="convs2s_small.multi30k",
+        hub_id="zoo-models/convs2s_small.multi30k",
+        sha256="2ce5d13c2a409f74e69802379aa6de250fae902cbe53d64c3933e4099ddeb55a",
+        params=8_763_200,
+        metrics={"sacrebleu/greedy": 37.46, "bleu_lc/greedy": 37.69, "sacrebleu/beam4": 38.67, "bleu_lc/beam4": 38.92,
+                 "ppl": 7.47},
+        recipe="configs/convs2s_small.multi30k.yaml",
+        data=MULTI30K_DE_EN,
+        license=ZOO_LICENSE,
+        description="ConvS2S, 8+6 GLU blocks of 256 channels; test sacreBLEU 37.46 greedy / 38.67 beam 4",
+    )
+)
