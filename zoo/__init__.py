@@ -28,7 +28,9 @@ def create(name: str, **overrides: Any) -> Any:
     """
     import dataclasses
     import inspect
+    import typing
 
+    from zoo.models.base import check_types
     from zoo.tasks import task_class
 
     arch = get_architecture(name.split(".", 1)[0])
@@ -42,6 +44,7 @@ def create(name: str, **overrides: Any) -> Any:
     unknown = set(overrides) - task_params
     if unknown:
         raise TypeError(f"{name}: unknown argument(s) {', '.join(sorted(unknown))}; see `zoo info {name}`")
+    check_types(cls.__name__, typing.get_type_hints(cls.__init__), overrides)
     return cls(arch=arch.name, arch_args=arch_args, **overrides)
 
 

@@ -16,7 +16,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
+import traceback
+from pathlib import Path
 from typing import Any
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
@@ -65,9 +68,17 @@ def _model_class(argv: list[str]) -> Any:
         files = [argv[i + 1]] if arg in ("--config", "-c") and i + 1 < len(argv) else []
         files += [arg.split("=", 1)[1]] if arg.startswith("--config=") else []
         for file in files:
+            if file.endswith((".yaml", ".yml")) and not os.path.isfile(file):
+                raise FileNotFoundError(f"config file {file} does not exist; check the path given to --config")
             try:
-                model = (yaml.safe_load(open(file, encoding="utf-8")) or {}).get("model")
-            except (OSError, yaml.YAMLError, AttributeError):
+                with open(file, encoding="utf-8") as f:
+                    model = (yaml.safe_load(f) or {}).get("model")
+            except yaml.YAMLError as err:
+                mark = getattr(err, "problem_mark", None)
+                where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+                problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+                raise ValueError(f"{file} is not valid YAML: {problem}{where}; fix its indentation, brackets or quotes") from None
+            except (OSError, AttributeError):
                 continue
             path = model.get("class_path", path) if isinstance(model, dict) else (model or path)
         if arg in ("--model", "--model.class_path") and i + 1 < len(argv) and not argv[i + 1].startswith("-"):
@@ -88,6 +99,8 @@ def _model_class(argv: list[str]) -> Any:
 
 
 def _lightning(argv: list[str]) -> Any:
+    import warnings
+
     from lightning.pytorch.cli import LightningCLI
     from lightning.pytorch.loggers import WandbLogger
 
@@ -170,13 +183,19 @@ def _lightning(argv: list[str]) -> Any:
                         print(f"zoo: W&B run at {logger.experiment.url}")
 
     configure_wandb()
+    # zoo always passes its arguments on; Lightning warns about that when they are also sys.argv
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+    # a bad option raises (main() prints it in one line) instead of printing the whole usage
+    parser_kwargs: dict[str, Any] = {"exit_on_error": False, **{c: {"exit_on_error": False} for c in LIGHTNING_COMMANDS}}
+    if _has_omegaconf():
+        parser_kwargs["parser_mode"] = "omegaconf"
     return ZooCLI(
         ZooModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
         args=argv,
         save_config_kwargs={"overwrite": True},
-        parser_kwargs={"parser_mode": "omegaconf"} if _has_omegaconf() else None,
+        parser_kwargs=parser_kwargs,
     )
 
 
@@ -331,9 +350,78 @@ def run(argv: list[str]) -> Any:
     return None
 
 
+ZOO_DIR = Path(__file__).resolve().parent
+
+
+def _chain(err: BaseException) -> list[BaseException]:
+    """``err`` and the exceptions behind it (causes, then contexts), outermost first."""
+    out: list[BaseException] = []
+    while err is not None and all(err is not e for e in out):
+        out.append(err)
+        err = err.__cause__ or (None if err.__suppress_context__ else err.__context__)
+    return out
+
+
+def _raised_by_zoo(err: BaseException) -> bool:
+    """Whether ``err`` comes from a ``raise`` statement in zoo's own code: a checked, one-line message."""
+    frames = traceback.extract_tb(err.__traceback__)
+    if not frames:
+        return False
+    last = frames[-1]
+    return Path(last.filename).resolve().is_relative_to(ZOO_DIR) and (last.line or "").lstrip().startswith("raise")
+
+
+def _message(err: BaseException) -> str:
+    return str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+
+
+def _option_error_line(err: BaseException, command: str) -> str:
+    """jsonargparse's nested, many-line account of a bad option, as one line: where, what, what to do."""
+    text = str(err)
+    found = re.findall(r'Parser key "([^"]+)"|given class_path \'([^\']+)\'', text)
+    path = [key or "init_args" for key, _ in found]
+    classes = [cls for _, cls in found if cls]
+    root = _chain(err)[-1]
+    detail = " ".join(line.strip() for line in _message(root).strip().splitlines() if line.strip())
+    detail = re.sub(r"<class '([\w.]+)'>", r"\1", detail)
+    where = ".".join(path)
+    if classes and path:
+        hint = f"`zoo {command} --{path[0]}.help {classes[-1].rsplit('.', 1)[-1]}` lists its options"
+    else:
+        hint = f"`zoo {command} --help` lists the options"
+    return f"{where + ': ' if where else ''}{detail}; fix the --config file or the override ({hint})"
+
+
+def user_error_line(err: BaseException, command: str = "fit") -> str | None:
+    """The one line to print for an error the user can fix, or None for anything else (keep its traceback)."""
+    for e in _chain(err):
+        if _raised_by_zoo(e):
+            message = _message(e)
+            return message if "\n" not in message.strip() else " ".join(message.split())
+    if isinstance(err, argparse.ArgumentError) or type(err).__module__.startswith("jsonargparse"):
+        return _option_error_line(err, command)
+    return None
+
+
 def main(argv: list[str] | None = None) -> None:
-    """The ``zoo`` console script."""
-    run(sys.argv[1:] if argv is None else argv)
+    """The ``zoo`` console script.
+
+    An error in the input (a bad option, a missing file, an impossible setting) is printed
+    as one line, ``zoo: error: ...``, with exit status 2; set ``ZOO_TRACEBACK=1`` to see its
+    traceback. Other errors keep their traceback.
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in LIGHTNING_COMMANDS or os.environ.get("ZOO_TRACEBACK"):
+        run(argv)
+        return
+    try:
+        run(argv)
+    except Exception as err:
+        line = user_error_line(err, argv[0])
+        if line is None:
+            raise
+        print(f"zoo: error: {line}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

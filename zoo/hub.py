@@ -197,6 +197,14 @@ def _provenance(net: nn.Module, source: dict[str, Any] | None, into: str | None)
     return text
 
 
+def _some(keys: list[str], n: int = 5) -> str:
+    """The first ``n`` keys as a list, and how many more: a whole architecture's keys make no readable line."""
+    if not keys:
+        return "none"
+    shown = ", ".join(repr(k) for k in keys[:n])
+    return f"[{shown}, ... {len(keys) - n} more]" if len(keys) > n else f"[{shown}]"
+
+
 def load_weights(net: nn.Module, path: str | os.PathLike, *, source: dict[str, Any] | None = None, into: str | None = None) -> None:
     """Load ``path`` into ``net`` strictly: every tensor present, none extra, shapes equal.
 
@@ -223,7 +231,7 @@ def load_weights(net: nn.Module, path: str | os.PathLike, *, source: dict[str, A
     if missing or unexpected:
         raise ValueError(
             f"weights in {path} do not match the model: "
-            f"missing {missing or 'none'}, unexpected {unexpected or 'none'}; "
+            f"missing {_some(missing)}, unexpected {_some(unexpected)}; "
             f"{_provenance(net, source, into)}; load the folder with zoo.load, or give weights of this architecture"
         )
     data_sized = set(getattr(net, "data_sized_buffers", ()))  # e.g. n-gram counts: as large as the data made them
@@ -233,8 +241,9 @@ def load_weights(net: nn.Module, path: str | os.PathLike, *, source: dict[str, A
         if loaded[k].shape != v.shape and k not in data_sized
     ]
     if wrong:
+        more = f"; and {len(wrong) - 5} more" if len(wrong) > 5 else ""
         raise ValueError(
-            f"weights in {path} have other shapes than the model: {'; '.join(wrong)}; {_provenance(net, source, into)}"
+            f"weights in {path} have other shapes than the model: {'; '.join(wrong[:5])}{more}; {_provenance(net, source, into)}"
         )
     for alias, key in aliases.items():
         loaded[alias] = loaded[key]
@@ -301,6 +310,13 @@ def load(name_or_path: str, *, revision: str | None = None, **overrides: Any) ->
     cls = task_class(files.config["task"])
     arch_args = dict(hparams.get("arch_args") or {})
     net_fields = {f.name for f in dataclasses.fields(get_architecture(hparams["arch"]).config)}
+    task_params = set(inspect.signature(cls.__init__).parameters) - {"self", "arch", "arch_args", "init_from"}
+    unknown = sorted(set(overrides) - task_params - net_fields)
+    if unknown:
+        raise TypeError(
+            f"{name_or_path}: unknown argument(s) {', '.join(unknown)}; give task arguments "
+            f"({', '.join(sorted(task_params))}) or the architecture's ({', '.join(sorted(net_fields))})"
+        )
     for key, value in overrides.items():
         if key in net_fields and key not in hparams:
             arch_args[key] = value

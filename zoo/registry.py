@@ -159,10 +159,17 @@ def _ensure_loaded() -> None:
     import zoo.models  # noqa: F401
 
 
+class UnknownNameError(KeyError):
+    """A name that is not registered: a ``KeyError`` whose message prints without KeyError's quotes."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 def _unknown(name: str, known: list[str], what: str) -> KeyError:
     close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
     hint = f"did you mean {', '.join(close)}?" if close else "see `zoo list` for the names"
-    return KeyError(f"unknown {what} {name!r}; {hint}")
+    return UnknownNameError(f"unknown {what} {name!r}; {hint}")
 
 
 def get_architecture(name: str) -> Architecture:

@@ -17,9 +17,21 @@ from torch.utils.data import Sampler
 def read_lines(path: str | os.PathLike) -> list[str]:
     """Lines of a text file, gzip or plain, without their newlines."""
     path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist; check the file names in the data settings")
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; give the text file(s) inside it")
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        return [line.rstrip("\n") for line in f]
+    try:
+        with opener(path, "rt", encoding="utf-8") as f:
+            return [line.rstrip("\n") for line in f]
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"{path} is not UTF-8 text (it holds the byte {err.object[err.start:err.start + 1]!r}); "
+            "convert it to UTF-8 (gzip is fine) or remove it from the data settings"
+        ) from None
+    except (OSError, EOFError) as err:  # unreadable, or a damaged .gz
+        raise ValueError(f"cannot read {path} ({err}); check the file, or remove it from the data settings") from None
 
 
 class TokenBatchSampler(Sampler[list[int]]):

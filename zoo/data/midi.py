@@ -109,6 +109,25 @@ def _one_line(err: BaseException) -> str:
     return text[0] if text else type(err).__name__
 
 
+def _tokenizer_json(text: str) -> dict[str, Any]:
+    """The JSON object of a MIDI tokenizer file, or a one-line ValueError saying it is not one."""
+    try:
+        d = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"not a MIDI tokenizer file: it is not JSON ({err}); give the tokenizer.json saved with the model") from None
+    if not isinstance(d, dict):
+        raise ValueError(f"not a MIDI tokenizer file: it holds a JSON {type(d).__name__}, not an object; "
+                         "give the tokenizer.json saved with the model")
+    return d
+
+
+def _read_tokenizer_file(path: str | os.PathLike) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not a MIDI tokenizer file (not UTF-8 text); give the tokenizer.json saved with the model") from None
+
+
 # -- MIDI files ------------------------------------------------------------------------
 def read_notes(path: str | os.PathLike, keep_drums: bool = False) -> np.ndarray:
     """The notes of a Standard MIDI File, all tracks merged, times in seconds (tempo map applied).
@@ -213,8 +232,12 @@ class EventTokenizer:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "EventTokenizer":
         if d.get("type") != cls.kind:
-            raise ValueError(f"not a MIDI event tokenizer (type {d.get('type')!r}, expected {cls.kind!r})")
-        tok = cls(d["step_ms"], d["max_shift_steps"], d["velocity_bins"])
+            raise ValueError(f"not a MIDI event tokenizer (type {d.get('type')!r}, expected {cls.kind!r}); "
+                             "give the tokenizer.json saved with a MIDI-event model")
+        try:
+            tok = cls(d["step_ms"], d["max_shift_steps"], d["velocity_bins"])
+        except KeyError as err:
+            raise ValueError(f"MIDI event tokenizer JSON lacks {err}; re-save it with EventTokenizer.save") from None
         if d.get("vocab_size", tok.vocab_size) != tok.vocab_size:
             raise ValueError(f"tokenizer JSON says vocab_size {d['vocab_size']} but its settings give {tok.vocab_size}")
         return tok
@@ -224,14 +247,14 @@ class EventTokenizer:
 
     @classmethod
     def from_str(cls, text: str) -> "EventTokenizer":
-        return cls.from_dict(json.loads(text))
+        return cls.from_dict(_tokenizer_json(text))
 
     def save(self, path: str | os.PathLike) -> None:
         _atomic_write_text(Path(path), self.to_str() + "\n")
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> "EventTokenizer":
-        return cls.from_str(Path(path).read_text(encoding="utf-8"))
+        return cls.from_str(_read_tokenizer_file(path))
 
     @property
     def tok(self) -> "EventTokenizer":
@@ -467,14 +490,14 @@ class ChoraleTokenizer:
 
     @classmethod
     def from_str(cls, text: str) -> "ChoraleTokenizer":
-        return cls.from_dict(json.loads(text))
+        return cls.from_dict(_tokenizer_json(text))
 
     def save(self, path: str | os.PathLike) -> None:
         _atomic_write_text(Path(path), self.to_str() + "\n")
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> "ChoraleTokenizer":
-        return cls.from_str(Path(path).read_text(encoding="utf-8"))
+        return cls.from_str(_read_tokenizer_file(path))
 
     @property
     def tok(self) -> "ChoraleTokenizer":
@@ -1011,7 +1034,7 @@ def _trim(notes: np.ndarray) -> np.ndarray:
 
 def tokenizer_from_str(text: str) -> EventTokenizer | ChoraleTokenizer:
     """A MIDI tokenizer from its JSON (``to_str``), whichever kind it is."""
-    d = json.loads(text)
+    d = _tokenizer_json(text)
     kinds = {EventTokenizer.kind: EventTokenizer, ChoraleTokenizer.kind: ChoraleTokenizer}
     if d.get("type") not in kinds:
         raise ValueError(f"not a MIDI tokenizer JSON (type {d.get('type')!r}; expected one of {list(kinds)})")

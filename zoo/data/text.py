@@ -35,6 +35,8 @@ def _candidate_dirs(data_dir: str | None) -> list[Path]:
     dirs = []
     if data_dir:
         dirs.append(Path(data_dir).expanduser())
+        if not dirs[0].is_dir():
+            log.warning("data_dir %s is not a folder; looking in ZOO_DATA_DIR and the default places instead", dirs[0])
     if os.environ.get("ZOO_DATA_DIR"):
         dirs.append(Path(os.environ["ZOO_DATA_DIR"]).expanduser())
     dirs += [REPO_ROOT.parent / "shared" / "data", DOWNLOAD_DIR]
@@ -91,6 +93,8 @@ def read_parallel(files: Sequence[str]) -> tuple[list[str], list[str]]:
         src, tgt = read_lines(files[0]), read_lines(files[1])
         if len(src) != len(tgt):
             raise ValueError(f"{files[0]} has {len(src)} lines but {files[1]} has {len(tgt)}; they must align")
+        if not src:
+            raise ValueError(f"{files[0]} and {files[1]} are empty; give files with one sentence per line")
         return src, tgt
     if len(files) == 1:
         src, tgt = [], []
@@ -100,6 +104,8 @@ def read_parallel(files: Sequence[str]) -> tuple[list[str], list[str]]:
                 raise ValueError(f"{files[0]} line {n} has {len(parts)} tab-separated fields; expected source<TAB>target")
             src.append(parts[0])
             tgt.append(parts[1])
+        if not src:
+            raise ValueError(f"{files[0]} is empty; give a file with one source<TAB>target pair per line")
         return src, tgt
     raise ValueError(f"give a parallel corpus as [source_file, target_file] or [tsv_file], not {len(files)} files")
 
@@ -383,6 +389,8 @@ class TextLMDataModule(SequenceDataModule):
                 if not files:
                     raise ValueError(f"no {split}_files given for dataset='files'; add them to the data settings")
                 lines = [line for f in files for line in read_lines(f)]
+                if not any(line.strip() for line in lines):
+                    raise ValueError(f"the {split}_files {', '.join(map(str, files))} hold no text; give files with one sentence per line")
             self._texts[split] = _first(lines, _split_setting(hp, split, "limit"))
         return self._texts[split]
 

@@ -28,7 +28,10 @@ class TextTokenizer:
     def __init__(self, tokenizer: Tokenizer) -> None:
         for i, tok in enumerate(SPECIALS):
             if tokenizer.token_to_id(tok) != i:
-                raise ValueError(f"tokenizer must map {tok} to id {i}; retrain it with zoo.data.tokenizer.train_bpe")
+                raise ValueError(
+                    f"a zoo tokenizer maps {tok} to id {i} and this one does not; "
+                    "train one with TextTokenizer.train (the data modules do)"
+                )
         self.tok = tokenizer
 
     @classmethod
@@ -46,9 +49,13 @@ class TextTokenizer:
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> "TextTokenizer":
         try:
-            return cls(Tokenizer.from_file(str(path)))
+            tok = Tokenizer.from_file(str(path))
         except Exception as err:  # tokenizers raises a bare Exception for bad JSON
             raise ValueError(f"cannot read tokenizer {path}: {err}; re-save it or retrain it") from None
+        try:
+            return cls(tok)
+        except ValueError as err:
+            raise ValueError(f"{path} is not a zoo tokenizer: {err}") from None
 
     def save(self, path: str | os.PathLike) -> None:
         path = Path(path)

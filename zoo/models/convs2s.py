@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import weight_norm
 
+from zoo.nn.dropout import Dropout
 from zoo.models.base import EncoderDecoder, check_at_least, check_vocab, make_config
 from zoo.nn.attention import DotAttention
 from zoo.registry import MULTI30K_DE_EN, ZOO_LICENSE, Pretrained, register_model, register_pretrained
@@ -127,7 +128,7 @@ class ConvGLU(nn.Module):
     def __init__(self, channels: int, kernel_size: int, dropout: float, causal: bool) -> None:
         super().__init__()
         self.kernel_size, self.causal = kernel_size, causal
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         self.conv = init_layer(nn.Conv1d(channels, 2 * channels, kernel_size), keep=1.0 - dropout, glu=True)
 
     @property
@@ -151,7 +152,7 @@ class ConvEncoder(nn.Module):
         self.pad_id = c.pad_id
         self.embed = embed
         self.positions = embedding(c.max_len, c.emb_dim, None)
-        self.drop = nn.Dropout(c.dropout)
+        self.drop = Dropout(c.dropout)
         self.proj_in = init_layer(nn.Linear(c.emb_dim, c.hidden_dim), keep=1.0 - c.dropout)
         self.blocks = nn.ModuleList(ConvGLU(c.hidden_dim, c.kernel_size, c.dropout, causal=False) for _ in range(c.encoder_layers))
         self.proj_out = init_layer(nn.Linear(c.hidden_dim, c.emb_dim))
@@ -212,7 +213,7 @@ class ConvS2S(EncoderDecoder):
         self.encoder = ConvEncoder(c, src_embed)
         self.tgt_embed = src_embed if c.share_embeddings else embedding(c.tgt_vocab_size, c.emb_dim, c.pad_id)
         self.tgt_positions = embedding(c.max_len, c.emb_dim, None)
-        self.drop = nn.Dropout(c.dropout)
+        self.drop = Dropout(c.dropout)
         self.proj_in = init_layer(nn.Linear(c.emb_dim, c.hidden_dim), keep=1.0 - c.dropout)
         self.layers = nn.ModuleList(DecoderLayer(c) for _ in range(c.decoder_layers))
         self.proj_out = init_layer(nn.Linear(c.hidden_dim, c.emb_dim))

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from zoo.models.base import CausalLM, make_config
+from zoo.models.base import CausalLM, check_vocab, make_config
 from zoo.registry import MULTI30K_EN, ZOO_LICENSE, Pretrained, register_model, register_pretrained
 
 
@@ -43,6 +43,7 @@ class NGramLM(CausalLM):
         super().__init__()
         if config.order < 1:
             raise ValueError(f"n-gram order must be 1 or more, got {config.order}")
+        check_vocab(config, "vocab_size")
         if config.vocab_size ** config.order >= 2**63:
             raise ValueError(
                 f"order {config.order} over {config.vocab_size} tokens does not fit a 64-bit key; lower the order or the vocabulary"

@@ -15,7 +15,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from zoo.models.base import CausalLM, make_config
+from zoo.nn.dropout import Dropout
+from zoo.models.base import CausalLM, check_at_least, check_vocab, make_config
 from zoo.registry import MULTI30K_EN, ZOO_LICENSE, Pretrained, register_model, register_pretrained
 
 CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
@@ -41,9 +42,11 @@ class RNNLM(CausalLM):
             raise ValueError(f"unknown cell {config.cell!r}; choose one of {', '.join(CELLS)}")
         if not 0.0 <= config.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {config.dropout}")
+        check_vocab(config, "vocab_size")
+        check_at_least(config, "layers", "emb_dim", "hidden_dim")
         self.config = c = config
         self.embed = nn.Embedding(c.vocab_size, c.emb_dim, padding_idx=c.pad_id)
-        self.drop = nn.Dropout(c.dropout)
+        self.drop = Dropout(c.dropout)
         self.rnn = CELLS[c.cell](c.emb_dim, c.hidden_dim, c.layers, batch_first=True, dropout=c.dropout if c.layers > 1 else 0.0)
         tied_proj = c.tie_embeddings and c.hidden_dim != c.emb_dim
         self.proj = nn.Linear(c.hidden_dim, c.emb_dim) if tied_proj else None

@@ -23,7 +23,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from zoo.models.base import EncoderDecoder, make_config
+from zoo.nn.dropout import Dropout
+from zoo.models.base import EncoderDecoder, check_vocab, make_config
 from zoo.nn.attention import source_attention
 from zoo.registry import MULTI30K_DE_EN, ZOO_LICENSE, Pretrained, register_model, register_pretrained
 
@@ -69,6 +70,7 @@ def _check(cfg: RNNSeq2SeqConfig) -> None:
         raise ValueError("layers, hidden_dim and emb_dim must be at least 1")
     if not 0.0 <= cfg.dropout < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {cfg.dropout}")
+    check_vocab(cfg, "src_vocab_size", "tgt_vocab_size")
 
 
 class RecurrentEncoder(nn.Module):
@@ -78,7 +80,7 @@ class RecurrentEncoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.src_vocab_size, cfg.emb_dim, padding_idx=cfg.pad_id)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
         self.rnn = RNN_CELLS[cfg.cell](
             cfg.emb_dim, cfg.hidden_dim, cfg.layers, batch_first=True,
             dropout=cfg.dropout if cfg.layers > 1 else 0.0, bidirectional=cfg.bidirectional,
@@ -218,7 +220,7 @@ class RNNSeq2Seq(EncoderDecoder):
             self.encoder.embed if c.share_embeddings else nn.Embedding(c.tgt_vocab_size, c.emb_dim, padding_idx=c.pad_id)
         )
         self.decoder = DECODERS[c.decoder](c, memory_dim)
-        self.drop = nn.Dropout(c.dropout)
+        self.drop = Dropout(c.dropout)
         self.out_hidden = nn.Linear(c.hidden_dim, c.emb_dim) if c.tie_output else nn.Identity()
         self.out_proj = nn.Linear(c.emb_dim if c.tie_output else c.hidden_dim, c.tgt_vocab_size)
         self.has_attention = c.decoder != "sutskever"

@@ -19,7 +19,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from zoo.models.base import EncoderDecoder, make_config
+from zoo.nn.dropout import Dropout
+from zoo.models.base import EncoderDecoder, check_at_least, check_dropout, check_vocab, make_config
 from zoo.nn.attention import KVCache, MultiHeadAttention
 from zoo.nn.positional import SinusoidalPositions
 from zoo.registry import MULTI30K_DE_EN, ZOO_LICENSE, Pretrained, register_model, register_pretrained
@@ -47,7 +48,7 @@ class FeedForward(nn.Sequential):
     """FFN(x) = max(0, x W1 + b1) W2 + b2, (B, T, C) -> (B, T, C)."""
 
     def __init__(self, d_model: int, d_ff: int, dropout: float) -> None:
-        super().__init__(nn.Linear(d_model, d_ff), nn.ReLU(), nn.Dropout(dropout), nn.Linear(d_ff, d_model))
+        super().__init__(nn.Linear(d_model, d_ff), nn.ReLU(), Dropout(dropout), nn.Linear(d_ff, d_model))
 
 
 class Residual(nn.Module):
@@ -56,7 +57,7 @@ class Residual(nn.Module):
     def __init__(self, d_model: int, dropout: float, pre_norm: bool) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(d_model)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         self.pre_norm = pre_norm
 
     def forward(self, x: Tensor, f: Any) -> tuple[Tensor, Any]:
@@ -109,18 +110,30 @@ class DecoderLayer(nn.Module):
         return x, w  # w: (B, H, T, S) cross-attention weights when asked for
 
 
+def _check(c: TransformerConfig) -> None:
+    check_vocab(c, "src_vocab_size", "tgt_vocab_size")
+    check_at_least(c, "d_model", "n_heads", "encoder_layers", "decoder_layers", "d_ff", "max_len")
+    if c.d_model % c.n_heads:
+        raise ValueError(
+            f"d_model={c.d_model} is not divisible by n_heads={c.n_heads}; each head takes d_model / n_heads "
+            "channels, so pick n_heads among the divisors of d_model"
+        )
+    check_dropout(c, "dropout", "attention_dropout")
+    if c.share_embeddings and c.src_vocab_size != c.tgt_vocab_size:
+        raise ValueError("share_embeddings needs src_vocab_size == tgt_vocab_size (a joint vocabulary)")
+
+
 class Transformer(EncoderDecoder):
     has_attention = True
 
     def __init__(self, config: TransformerConfig) -> None:
         super().__init__()
-        if config.share_embeddings and config.src_vocab_size != config.tgt_vocab_size:
-            raise ValueError("share_embeddings needs src_vocab_size == tgt_vocab_size (a joint vocabulary)")
+        _check(config)
         self.config = c = config
         self.src_embed = nn.Embedding(c.src_vocab_size, c.d_model, padding_idx=c.pad_id)
         self.tgt_embed = self.src_embed if c.share_embeddings else nn.Embedding(c.tgt_vocab_size, c.d_model, padding_idx=c.pad_id)
         self.positions = SinusoidalPositions(c.d_model, c.max_len)
-        self.drop = nn.Dropout(c.dropout)
+        self.drop = Dropout(c.dropout)
         self.encoder = nn.ModuleList(EncoderLayer(c) for _ in range(c.encoder_layers))
         self.decoder = nn.ModuleList(DecoderLayer(c) for _ in range(c.decoder_layers))
         # pre-norm leaves the last residual stream unnormalised: one LayerNorm closes each stack

@@ -57,8 +57,13 @@ class MultiHeadAttention(nn.Module):
 
     def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0, bias: bool = True) -> None:
         super().__init__()
+        if n_heads < 1:
+            raise ValueError(f"n_heads must be at least 1, got {n_heads}")
         if d_model % n_heads:
-            raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}")
+            raise ValueError(
+                f"d_model={d_model} is not divisible by n_heads={n_heads}; each head takes d_model / n_heads "
+                "channels, so pick n_heads among the divisors of d_model"
+            )
         self.n_heads = n_heads
         self.head_dim = d_model // n_heads
         self.dropout = dropout

@@ -21,7 +21,7 @@ class SinusoidalPositions(nn.Module):
         inv = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32) * (-math.log(10000.0) / d_model))
         pe = torch.zeros(max_len, d_model)
         pe[:, 0::2] = torch.sin(pos * inv)
-        pe[:, 1::2] = torch.cos(pos * inv)
+        pe[:, 1::2] = torch.cos(pos * inv[: d_model // 2])  # an odd width has one cosine fewer
         self.register_buffer("pe", pe, persistent=False)
         self.max_len = max_len
 

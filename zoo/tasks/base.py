@@ -57,6 +57,7 @@ class ZooModule(L.LightningModule):
         dm = getattr(self.trainer, "datamodule", None)
         if dm is None or not hasattr(dm, "tokenizers"):
             return
+        self._check_data_vocab(dm)
         if self.tokenizers is not None and any(
             a.tok.to_str() != b.tok.to_str() for a, b in zip(self.tokenizers, dm.tokenizers)
         ):
@@ -66,6 +67,22 @@ class ZooModule(L.LightningModule):
             )
         self.tokenizers = dm.tokenizers
         self.data_description = dm.describe()
+
+    def _check_data_vocab(self, dm: Any) -> None:
+        """The data's ids must fit the model's embeddings: say so now, not as an IndexError mid-step."""
+        config = getattr(self.net, "config", None)
+        for name in ("src_vocab_size", "tgt_vocab_size", "vocab_size"):
+            ours = getattr(config, name, None)
+            try:
+                theirs = getattr(dm, name, None)
+            except NotImplementedError:
+                theirs = None
+            if isinstance(ours, int) and isinstance(theirs, int) and theirs > ours:
+                raise ValueError(
+                    f"the data module's vocabulary has {theirs} tokens but the model's {name} is {ours}; "
+                    f"build the model with {name}={theirs} (zoo fit links it from the data) or give the data "
+                    "module the model's tokenizer"
+                )
 
     def on_validation_start(self) -> None:
         self.on_fit_start()

@@ -16,7 +16,8 @@ from torch import Tensor, nn
 
 from zoo.data.text import lm_batch
 from zoo.metrics import TokenNLL
-from zoo.nn.decoding import sample
+from zoo.models.base import check_token_ids, check_whole
+from zoo.nn.decoding import filter_logits, sample
 from zoo.registry import build_network
 from zoo.tasks.base import ZooModule
 
@@ -114,11 +115,41 @@ class CausalLMTask(ZooModule):
         return None if self.net.counts_only else super().configure_optimizers()
 
     # -- inference --------------------------------------------------------------
+    def _vocab(self) -> int:
+        return getattr(self.net.config, "vocab_size", self.hparams.vocab_size)
+
+    def forward(self, tokens: Tensor) -> Any:
+        """Token ids (B, T) -> what the network returns for them (logits (B, T, V), with a state
+        for recurrent models). Checks the ids first; the training loop calls ``self.net``."""
+        check_token_ids(tokens, self._vocab(), "token ids")
+        return self.net(tokens)
+
+    @torch.no_grad()
+    def score(self, tokens: Tensor, targets: Tensor) -> Tensor:
+        """log P(targets[b, t] | tokens[b, :t+1]) as (B, T), for token ids checked against the vocabulary."""
+        check_token_ids(tokens, self._vocab(), "token ids")
+        check_token_ids(targets, self._vocab(), "target ids")
+        if tokens.shape != targets.shape:
+            raise ValueError(f"tokens {tuple(tokens.shape)} and targets {tuple(targets.shape)} must have the same shape")
+        return self.net.score(tokens, targets)
+
+    @staticmethod
+    def _check_texts(texts: Any, method: str, empty_ok: bool = False) -> None:
+        if isinstance(texts, str):
+            raise TypeError(f"{method} takes a list of texts; wrap a single text in a list")
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise ValueError(f"text {i} given to {method} is not a string but {type(t).__name__}; give text")
+            if not empty_ok and not t.strip():
+                raise ValueError(f"text {i} given to {method} is empty; give non-empty text to score")
+
     @torch.no_grad()
     def perplexity(self, texts: list[str], batch_size: int = 128) -> float:
         """exp(mean NLL per token, </s> included) of raw sentences."""
+        self._check_texts(texts, "perplexity")
         if not texts:
             raise ValueError("no text to score: the list is empty")
+        check_whole("batch_size", batch_size, note=" texts")
         tok = self._tokenizer()
         nll = TokenNLL().to(self.device)
         self.eval()
@@ -147,9 +178,17 @@ class CausalLMTask(ZooModule):
     ) -> list[str]:
         """Continue each prompt (or start from nothing) by ancestral sampling; returns the texts."""
         tok = self._tokenizer()
-        prompts = prompts if prompts is not None else [""] * num_samples
         if isinstance(prompts, str):
             raise TypeError("sample takes a list of prompts; wrap a single prompt in a list")
+        if prompts is None:
+            check_whole("num_samples", num_samples)
+        if prompts is not None and len(prompts) == 0:
+            raise ValueError("nothing to sample: the list of prompts is empty; pass prompts=None to sample from nothing")
+        prompts = prompts if prompts is not None else [""] * num_samples
+        self._check_texts(prompts, "sample", empty_ok=True)
+        check_whole("max_len", max_len, note=" new tokens")
+        check_whole("top_k", top_k, minimum=0, note=" (0: no limit)")
+        filter_logits(torch.zeros(1, 2), temperature, top_k, top_p)  # temperature and top_p: one line each, before any work
         gen = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
         self.eval()
         out = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from zoo.metrics import TokenNLL, translation_scores
+from zoo.models.base import check_token_ids, check_whole
 from zoo.nn.decoding import beam_search, greedy_search
 from zoo.registry import build_network
 from zoo.tasks.base import ZooModule
@@ -65,6 +67,7 @@ class TranslationTask(ZooModule):
         log_examples: int = 4,
     ) -> None:
         super().__init__()
+        check_whole("val_beam_size", val_beam_size, note=" (1 = greedy)")
         arch, arch_args, start = self.resolve_start(arch, arch_args, init_from)
         self.save_hyperparameters(ignore=["start"])  # arch and arch_args as resolved
         self.net = build_network(
@@ -76,10 +79,19 @@ class TranslationTask(ZooModule):
 
     # -- training ---------------------------------------------------------------
     def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
+        """Teacher forcing: source ids (B, S), shifted target ids (B, T) -> logits (B, T, V).
+
+        Checks the ids first (one min/max each); the training loop calls ``self.net`` directly.
+        """
+        check_token_ids(src, self._vocab("src"), "source ids")
+        check_token_ids(tgt_in, self._vocab("tgt"), "target ids")
         return self.net(src, tgt_in)  # (B, T, V)
 
+    def _vocab(self, side: str) -> int:
+        return getattr(self.net.config, f"{side}_vocab_size", self.hparams.get(f"{side}_vocab_size"))
+
     def _loss(self, batch: dict[str, Any], smoothing: float) -> tuple[Tensor, Tensor]:
-        logits = self(batch["src"], batch["tgt_in"])
+        logits = self.net(batch["src"], batch["tgt_in"])
         target = batch["tgt_out"]
         loss = F.cross_entropy(
             logits.float().flatten(0, 1), target.flatten(),
@@ -96,10 +108,10 @@ class TranslationTask(ZooModule):
 
     def _eval_step(self, batch: dict[str, Any], prefix: str) -> None:
         target = batch["tgt_out"]
-        logits = self(batch["src"], batch["tgt_in"])
+        logits = self.net(batch["src"], batch["tgt_in"])
         self.nll[prefix].update(logits.float().log_softmax(-1).gather(-1, target[..., None]).squeeze(-1),
                                 target.ne(self.hparams.pad_id))
-        hyps = self.generate(batch["src"], beam_size=self.hparams.val_beam_size)
+        hyps = self._decode_text(self._search(batch["src"], self.hparams.val_beam_size))
         self._val_outputs += list(zip(batch["src_text"], batch["tgt_text"], hyps))
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
@@ -148,7 +160,7 @@ class TranslationTask(ZooModule):
         self._eval_epoch_end("test")
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[str]:
-        return self.generate(batch["src"], beam_size=self.hparams.val_beam_size)
+        return self._decode_text(self._search(batch["src"], self.hparams.val_beam_size))
 
     # -- inference --------------------------------------------------------------
     def _max_len(self, src: Tensor, max_len: int | None) -> int:
@@ -157,21 +169,39 @@ class TranslationTask(ZooModule):
             max_len = int(src.ne(self.hparams.pad_id).sum(1).max()) * 3 // 2 + 10
         return max(1, min(max_len, limit))
 
+    @staticmethod
+    def _check_search(beam_size: int, max_len: int | None, alpha: float) -> None:
+        check_whole("beam_size", beam_size, note=" (1 = greedy)")
+        if max_len is not None:
+            check_whole("max_len", max_len, note=" output tokens (or None: 1.5 x the source + 10)")
+        if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or alpha < 0:
+            raise ValueError(f"alpha (the length penalty) must be 0 or more, got {alpha!r}")
+
     @torch.no_grad()
-    def generate_ids(self, src: Tensor, beam_size: int = 1, max_len: int | None = None, alpha: float = 0.6) -> Tensor:
-        """Token ids (B, S) -> hypothesis ids (B, L), ending in </s> and padded after it."""
+    def _search(self, src: Tensor, beam_size: int = 1, max_len: int | None = None, alpha: float = 0.6) -> Tensor:
+        """Greedy or beam search over ids already known to be valid (the data module's)."""
+        self._check_search(beam_size, max_len, alpha)
         ids = dict(bos_id=self.hparams.bos_id, eos_id=self.hparams.eos_id, pad_id=self.hparams.pad_id)
         n = self._max_len(src, max_len)
         if beam_size > 1:
             return beam_search(self.net, src, max_len=n, beam_size=beam_size, alpha=alpha, **ids)[0]
         return greedy_search(self.net, src, max_len=n, **ids)[0]
 
-    def generate(self, src: Tensor, beam_size: int = 1, max_len: int | None = None, alpha: float = 0.6) -> list[str]:
-        """Token ids (B, S) -> detokenised target sentences."""
-        out = self.generate_ids(src, beam_size, max_len, alpha)
+    def _decode_text(self, out: Tensor) -> list[str]:
         if self.tokenizers is None:
             return [" ".join(map(str, row.tolist())) for row in out]
         return self.tokenizers[1].decode_batch(out.tolist())
+
+    @torch.no_grad()
+    def generate_ids(self, src: Tensor, beam_size: int = 1, max_len: int | None = None, alpha: float = 0.6) -> Tensor:
+        """Token ids (B, S) -> hypothesis ids (B, L), ending in </s> and padded after it."""
+        self._check_search(beam_size, max_len, alpha)
+        check_token_ids(src, self._vocab("src"), "source ids")
+        return self._search(src, beam_size, max_len, alpha)
+
+    def generate(self, src: Tensor, beam_size: int = 1, max_len: int | None = None, alpha: float = 0.6) -> list[str]:
+        """Token ids (B, S) -> detokenised target sentences."""
+        return self._decode_text(self.generate_ids(src, beam_size, max_len, alpha))
 
     @torch.no_grad()
     def _attention(self, src: Tensor, out: Tensor) -> list[Translation]:
@@ -235,6 +265,8 @@ class TranslationTask(ZooModule):
             raise ValueError(
                 f"{self.hparams.arch} has no attention over the source to show; pick a model with attention (zoo list)"
             )
+        check_whole("batch_size", batch_size, note=" sentences")
+        self._check_search(beam_size, max_len, alpha)
         src = self.encode_sources(sentences)
         lengths = src.ne(self.hparams.pad_id).sum(1)
         order = lengths.argsort(descending=True)  # similar lengths together: less padding
