@@ -86,17 +86,35 @@ class TokenBatchSampler(Sampler[list[int]]):
 class SequenceDataModule(L.LightningDataModule):
     """Base of the text, pixel and MIDI-event data modules.
 
-    Subclasses provide ``vocab_size`` and ``pad_id`` (linked into the model by ``zoo fit``)
-    and ``describe()`` (what the data was, for config.json and the model card).
+    Subclasses provide ``tokenizer`` (the target side's) and ``describe()`` (what the data
+    was, for config.json and the model card); ``vocab_size``, ``pad_id``, ``bos_id`` and
+    ``eos_id`` (linked into the model by ``zoo fit``) are read from it. ``tokenizers`` is the
+    (source, target) pair, the same tokenizer twice unless a subclass has two.
     """
 
     @property
-    def vocab_size(self) -> int:
+    def tokenizer(self) -> Any:
         raise NotImplementedError
 
     @property
+    def tokenizers(self) -> tuple[Any, Any]:
+        return self.tokenizer, self.tokenizer
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.vocab_size
+
+    @property
     def pad_id(self) -> int:
-        raise NotImplementedError
+        return self.tokenizer.pad_id
+
+    @property
+    def bos_id(self) -> int:
+        return self.tokenizer.bos_id
+
+    @property
+    def eos_id(self) -> int | None:
+        return self.tokenizer.eos_id
 
     def describe(self) -> dict[str, Any]:
         return {}

@@ -898,26 +898,6 @@ class MIDIDataModule(SequenceDataModule):
     def tokenizer(self) -> EventTokenizer | ChoraleTokenizer:
         return self._tokenizer
 
-    @property
-    def tokenizers(self) -> tuple[Any, Any]:
-        return self._tokenizer, self._tokenizer
-
-    @property
-    def vocab_size(self) -> int:
-        return self._tokenizer.vocab_size
-
-    @property
-    def pad_id(self) -> int:
-        return self._tokenizer.pad_id
-
-    @property
-    def bos_id(self) -> int:
-        return self._tokenizer.bos_id
-
-    @property
-    def eos_id(self) -> int:
-        return self._tokenizer.eos_id
-
     def describe(self) -> dict[str, Any]:
         """What the data was, for config.json and the model card."""
         hp = self.hp

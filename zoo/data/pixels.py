@@ -659,18 +659,6 @@ class PixelDataModule(SequenceDataModule):
         return self._src_tokenizer, self._tokenizer
 
     @property
-    def vocab_size(self) -> int:
-        return self._tokenizer.vocab_size
-
-    @property
-    def pad_id(self) -> int:
-        return self._tokenizer.pad_id
-
-    @property
-    def bos_id(self) -> int:
-        return self._tokenizer.bos_id
-
-    @property
     def image_shape(self) -> tuple[int, int, int]:
         """(H, W, C) of the target images."""
         return self.source.shape

@@ -253,12 +253,9 @@ class TextDataModule(SequenceDataModule):
         return self.tokenizers[1].vocab_size
 
     @property
-    def vocab_size(self) -> int:
-        return self.tgt_vocab_size
-
-    @property
-    def pad_id(self) -> int:
-        return self.tokenizers[1].pad_id
+    def tokenizer(self) -> TextTokenizer:
+        """The target side's tokenizer (vocab_size, pad_id, ... are read from it)."""
+        return self.tokenizers[1]
 
     @property
     def joint(self) -> bool:
@@ -404,18 +401,6 @@ class TextLMDataModule(SequenceDataModule):
             else:
                 self._tokenizer = TextTokenizer.train(self.texts("train"), self.hp.vocab_size)
         return self._tokenizer
-
-    @property
-    def tokenizers(self) -> tuple[TextTokenizer, TextTokenizer]:
-        return self.tokenizer, self.tokenizer
-
-    @property
-    def vocab_size(self) -> int:
-        return self.tokenizer.vocab_size
-
-    @property
-    def pad_id(self) -> int:
-        return self.tokenizer.pad_id
 
     def describe(self) -> dict[str, Any]:
         name = f"multi30k {self.hp.lang}" if self.hp.dataset == "multi30k" else "user text"
