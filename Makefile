@@ -24,7 +24,8 @@ test: install
 	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(PY) -m pytest -q
 
 bench: install
-	LD_PRELOAD=$(TCMALLOC) $(PY) benchmarks/bench_transformer.py
+	LD_PRELOAD=$(TCMALLOC) $(PY) benchmarks/bench_translation.py
+	LD_PRELOAD=$(TCMALLOC) $(PY) benchmarks/bench_midi.py
 
 clean:
 	rm -rf $(VENV) runs wandb lightning_logs .pytest_cache

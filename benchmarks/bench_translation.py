@@ -57,6 +57,11 @@ def decode_rate(model, sentences, beam: int) -> float:
     return len(sentences) / (time.perf_counter() - start)
 
 
+def machine() -> str:
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+            f"threads {torch.get_num_threads()}, LD_PRELOAD={os.environ.get('LD_PRELOAD', '') or 'none'}")
+
+
 def summary(values: list[float]) -> dict[str, float]:
     return {"median": round(statistics.median(values), 1), "min": round(min(values), 1), "max": round(max(values), 1)}
 
@@ -102,8 +107,7 @@ def main() -> None:
         results[name]["params"] = sum(p.numel() for p in decoders[name].net.parameters())
     result = {
         "date": date.today().isoformat(),
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-                   f"threads {torch.get_num_threads()}, LD_PRELOAD={os.environ.get('LD_PRELOAD', '') or 'none'}",
+        "machine": machine(),
         "settings": vars(args),
         "results": results,
     }

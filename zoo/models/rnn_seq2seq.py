@@ -341,3 +341,19 @@ register_pretrained(
         description="Bahdanau attention: bidirectional GRU encoder, additive attention; test sacreBLEU 37.01 greedy / 38.22 beam 4",
     )
 )
+
+
+register_pretrained(
+    Pretrained(
+        name="seq2seq_luong.multi30k",
+        hub_id="zoo-models/seq2seq_luong.multi30k",
+        sha256="f6903a416f89b6a8cd0c72d16252c2d601cea616287eacb9e7a97776c4d94a0e",
+        params=9_324_608,
+        metrics={"sacrebleu/greedy": 37.24, "bleu_lc/greedy": 37.47, "sacrebleu/beam4": 38.79, "bleu_lc/beam4": 39.01,
+                 "ppl": 6.96},
+        recipe="configs/seq2seq_luong.multi30k.yaml",
+        data=MULTI30K_DE_EN,
+        license=ZOO_LICENSE,
+        description="Luong global attention ('general'), 2x448 LSTMs, input feeding; test sacreBLEU 37.24 greedy / 38.79 beam 4",
+    )
+)

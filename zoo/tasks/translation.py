@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.utils.parametrize
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -183,9 +184,11 @@ class TranslationTask(ZooModule):
         self._check_search(beam_size, max_len, alpha)
         ids = dict(bos_id=self.hparams.bos_id, eos_id=self.hparams.eos_id, pad_id=self.hparams.pad_id)
         n = self._max_len(src, max_len)
-        if beam_size > 1:
-            return beam_search(self.net, src, max_len=n, beam_size=beam_size, alpha=alpha, **ids)[0]
-        return greedy_search(self.net, src, max_len=n, **ids)[0]
+        # weights behind a parametrisation (ConvS2S's weight norm) are computed once per search, not once a step
+        with torch.nn.utils.parametrize.cached():
+            if beam_size > 1:
+                return beam_search(self.net, src, max_len=n, beam_size=beam_size, alpha=alpha, **ids)[0]
+            return greedy_search(self.net, src, max_len=n, **ids)[0]
 
     def _decode_text(self, out: Tensor) -> list[str]:
         if self.tokenizers is None:
