@@ -118,3 +118,16 @@ class SequenceDataModule(L.LightningDataModule):
 
     def describe(self) -> dict[str, Any]:
         return {}
+
+    # -- evaluation loaders: whole examples in a fixed order, one split each ------------
+    def _eval_loader(self, split: str) -> Any:
+        raise NotImplementedError
+
+    def val_dataloader(self) -> Any:
+        return self._eval_loader("val")
+
+    def test_dataloader(self) -> Any:
+        return self._eval_loader("test")
+
+    def predict_dataloader(self) -> Any:
+        return self._eval_loader("test")

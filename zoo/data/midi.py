@@ -995,15 +995,6 @@ class MIDIDataModule(SequenceDataModule):
         return DataLoader(data, batch_size=self.hp.eval_batch_size, collate_fn=self._collate,
                           num_workers=self.hp.num_workers)
 
-    def val_dataloader(self) -> DataLoader:
-        return self._eval_loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._eval_loader("test")
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._eval_loader("test")
-
 
 def _trim(notes: np.ndarray) -> np.ndarray:
     """Start a piece at its first note."""

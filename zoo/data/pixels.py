@@ -740,15 +740,6 @@ class PixelDataModule(SequenceDataModule):
         return DataLoader(data, batch_size=self.hp.eval_batch_size, collate_fn=data.collate,
                           num_workers=self.hp.num_workers)
 
-    def val_dataloader(self) -> DataLoader:
-        return self._eval_loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._eval_loader("test")
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._eval_loader("test")
-
 
 # -- pictures -----------------------------------------------------------------------
 def image_grid(images: Any, ncols: int | None = None, pad: int = 1, pad_value: int = 0) -> np.ndarray:

@@ -304,14 +304,8 @@ class TextDataModule(SequenceDataModule):
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
 
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+    def _eval_loader(self, split: str) -> DataLoader:
+        return self._loader(split, shuffle=False)
 
 
 def lm_batch(seqs: list[list[int]], tok: TextTokenizer) -> dict[str, Tensor]:
@@ -453,8 +447,3 @@ class TextLMDataModule(SequenceDataModule):
         return DataLoader(self._ids(split), batch_size=self.hp.eval_batch_size, collate_fn=self._collate,
                           num_workers=self.hp.num_workers)
 
-    def val_dataloader(self) -> DataLoader:
-        return self._eval_loader("val")
-
-    def test_dataloader(self) -> DataLoader:
-        return self._eval_loader("test")
