@@ -214,3 +214,27 @@ def test_push_to_hub_uploads_the_saved_folder(tiny_model, monkeypatch):
     assert calls["repo"] == ("someone/tiny", False, True)
     assert calls["files"] == ["README.md", "config.json", "model.safetensors", "tokenizer.json"]
     assert url.endswith("/commit/abc")
+
+
+@pytest.mark.parametrize("kind", ["midi_events", "chorale_grid", "pixels"])
+def test_every_kind_of_tokenizer_travels_with_the_weights(tmp_path, kind):
+    from zoo.data.midi import ChoraleTokenizer, EventTokenizer
+    from zoo.data.pixels import PixelTokenizer
+    from zoo.data.tokenizer import read_tokenizer, tokenizer_from_str
+
+    tok = {"midi_events": EventTokenizer(), "chorale_grid": ChoraleTokenizer(),
+           "pixels": PixelTokenizer(17, max_value=16, height=8, width=8)}[kind]
+    assert tokenizer_from_str(tok.to_str()) == tok
+    model = zoo.create("rnn_lm", vocab_size=tok.vocab_size, pad_id=tok.pad_id, emb_dim=8, hidden_dim=8, layers=1)
+    model.tokenizers = (tok, tok)
+    model.save_pretrained(tmp_path / "m")
+    assert read_tokenizer(tmp_path / "m" / "tokenizer.json") == tok
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert config["tokenizer"]["type"] == kind and config["tokenizer"]["special_tokens"]["pad"] == tok.pad_id
+    loaded = zoo.load(str(tmp_path / "m"))
+    assert loaded.tokenizers[1] == tok
+    ckpt = {}
+    loaded.on_save_checkpoint(ckpt)  # Lightning checkpoints carry the tokenizer as JSON text
+    fresh = zoo.create("rnn_lm", vocab_size=tok.vocab_size, pad_id=tok.pad_id, emb_dim=8, hidden_dim=8, layers=1)
+    fresh.on_load_checkpoint(ckpt)
+    assert fresh.tokenizers[0] == tok and fresh.tokenizers[1] is fresh.tokenizers[0]

@@ -252,21 +252,21 @@ def load_weights(net: nn.Module, path: str | os.PathLike, *, source: dict[str, A
 
 # -- tokenizers ---------------------------------------------------------------------
 def _tokenizers_in(folder: Path) -> tuple[Any, Any]:
-    from zoo.data.tokenizer import TextTokenizer
+    from zoo.data.tokenizer import read_tokenizer
 
     if not (folder / TOKENIZER).exists():
         raise FileNotFoundError(f"{folder} has no {TOKENIZER}; save the model with its tokenizer attached")
-    tgt = TextTokenizer.from_file(folder / TOKENIZER)
-    src = TextTokenizer.from_file(folder / SRC_TOKENIZER) if (folder / SRC_TOKENIZER).exists() else tgt
+    tgt = read_tokenizer(folder / TOKENIZER)
+    src = read_tokenizer(folder / SRC_TOKENIZER) if (folder / SRC_TOKENIZER).exists() else tgt
     return src, tgt
 
 
 def load_tokenizers(name_or_path: str) -> tuple[Any, Any]:
     """(source, target) tokenizers from a tokenizer.json file, a checkpoint folder or a pretrained name."""
-    from zoo.data.tokenizer import TextTokenizer
+    from zoo.data.tokenizer import read_tokenizer
 
     if str(name_or_path).endswith(".json") and Path(name_or_path).is_file():
-        tok = TextTokenizer.from_file(name_or_path)
+        tok = read_tokenizer(name_or_path)
         return tok, tok
     return _tokenizers_in(resolve_folder(name_or_path))
 
@@ -422,13 +422,15 @@ def model_config(model: Any, *, metrics: dict[str, Any] | None = None, data: dic
         "dtype": dtype,
     }
     if tok is not None:
+        kind = tok[1].to_dict()["type"] if hasattr(tok[1], "to_dict") else "BPE (Hugging Face tokenizers, Metaspace, NFKC)"
+        specials = {k: getattr(tok[1], f"{k}_id", None) for k in ("pad", "unk", "bos", "eos")}
         config["tokenizer"] = {
-            "type": "BPE (Hugging Face tokenizers, Metaspace, NFKC)",
+            "type": kind,
             "joint": tok[0] is tok[1],
             "files": [TOKENIZER] if tok[0] is tok[1] else [SRC_TOKENIZER, TOKENIZER],
             "src_vocab_size": tok[0].vocab_size,
             "tgt_vocab_size": tok[1].vocab_size,
-            "special_tokens": {"pad": 0, "unk": 1, "bos": 2, "eos": 3},
+            "special_tokens": {k: v for k, v in specials.items() if v is not None},
         }
     if data:
         config["data"] = data

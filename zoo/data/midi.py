@@ -256,11 +256,6 @@ class EventTokenizer:
     def from_file(cls, path: str | os.PathLike) -> "EventTokenizer":
         return cls.from_str(_read_tokenizer_file(path))
 
-    @property
-    def tok(self) -> "EventTokenizer":
-        """Itself: code written for TextTokenizer compares ``t.tok.to_str()``."""
-        return self
-
     def __eq__(self, other: object) -> bool:
         return isinstance(other, EventTokenizer) and self.to_dict() == other.to_dict()
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
@@ -57,6 +58,13 @@ class TextTokenizer:
         except ValueError as err:
             raise ValueError(f"{path} is not a zoo tokenizer: {err}") from None
 
+    def to_str(self) -> str:
+        return self.tok.to_str()
+
+    @classmethod
+    def from_str(cls, text: str) -> "TextTokenizer":
+        return cls(Tokenizer.from_str(text))
+
     def save(self, path: str | os.PathLike) -> None:
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
@@ -85,3 +93,41 @@ class TextTokenizer:
 
     def tokens(self, text: str) -> list[str]:
         return self.tok.encode(text, add_special_tokens=False).tokens
+
+
+# -- every kind of zoo tokenizer, from its JSON --------------------------------------
+# Text tokenizers are Hugging Face tokenizer.json files; the MIDI and pixel tokenizers
+# write a small JSON object whose "type" names their kind.
+_KINDS = {"midi_events": "zoo.data.midi", "chorale_grid": "zoo.data.midi", "pixels": "zoo.data.pixels"}
+
+
+def tokenizer_from_str(text: str) -> Any:
+    """The zoo tokenizer (text, MIDI events, chorale grid or pixels) that ``text`` describes."""
+    import json
+
+    try:
+        kind = json.loads(text).get("type")
+    except (ValueError, AttributeError):
+        kind = None
+    if kind in _KINDS:
+        import importlib
+
+        module = importlib.import_module(_KINDS[kind])
+        if kind == "pixels":
+            return module.PixelTokenizer.from_str(text)
+        return module.tokenizer_from_str(text)
+    return TextTokenizer.from_str(text)
+
+
+def read_tokenizer(path: str | os.PathLike) -> Any:
+    """A tokenizer file of any kind (see :func:`tokenizer_from_str`)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as err:
+        raise ValueError(f"cannot read tokenizer {path}: {err.strerror}; check the path") from None
+    try:
+        return tokenizer_from_str(text)
+    except ValueError as err:
+        raise ValueError(f"{path} is not a zoo tokenizer: {err}") from None
+    except Exception as err:  # tokenizers raises a bare Exception for JSON it cannot read
+        raise ValueError(f"cannot read tokenizer {path}: {err}; re-save it or retrain it") from None

@@ -59,7 +59,7 @@ class ZooModule(L.LightningModule):
             return
         self._check_data_vocab(dm)
         if self.tokenizers is not None and any(
-            a.tok.to_str() != b.tok.to_str() for a, b in zip(self.tokenizers, dm.tokenizers)
+            a.to_str() != b.to_str() for a, b in zip(self.tokenizers, dm.tokenizers)
         ):
             raise ValueError(
                 "the data module's vocabulary differs from the one this model was trained with; "
@@ -96,17 +96,15 @@ class ZooModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Lightning checkpoints are our own training files: keep the vocabulary with them
         if self.tokenizers is not None:
-            checkpoint["zoo_tokenizers"] = [t.tok.to_str() for t in self.tokenizers]
+            checkpoint["zoo_tokenizers"] = [t.to_str() for t in self.tokenizers]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "zoo_tokenizers" in checkpoint:
-            from tokenizers import Tokenizer
-
-            from zoo.data.tokenizer import TextTokenizer
+            from zoo.data.tokenizer import tokenizer_from_str
 
             texts = checkpoint["zoo_tokenizers"]
-            src = TextTokenizer(Tokenizer.from_str(texts[0]))
-            tgt = src if texts[-1] == texts[0] else TextTokenizer(Tokenizer.from_str(texts[-1]))
+            src = tokenizer_from_str(texts[0])
+            tgt = src if texts[-1] == texts[0] else tokenizer_from_str(texts[-1])
             self.tokenizers = (src, tgt)
 
     @_restricted_classmethod
