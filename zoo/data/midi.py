@@ -59,6 +59,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from zoo.data.base import SequenceDataModule
 from zoo.data.text import DOWNLOAD_DIR, _candidate_dirs
+from zoo.data.tokenizer import JsonTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +188,14 @@ def write_notes(notes: Iterable[Sequence[float]] | np.ndarray, path: str | os.Pa
 
 
 # -- performance events -----------------------------------------------------------------
-class EventTokenizer:
+class _MIDITokenizer(JsonTokenizer):
+    """JSON form, files and equality of the MIDI tokenizers, with errors worded for MIDI."""
+
+    _parse = staticmethod(_tokenizer_json)
+    _read = staticmethod(_read_tokenizer_file)
+
+
+class EventTokenizer(_MIDITokenizer):
     """The performance encoding: notes <-> NOTE_ON / NOTE_OFF / TIME_SHIFT / VELOCITY ids.
 
     Args:
@@ -241,26 +249,6 @@ class EventTokenizer:
         if d.get("vocab_size", tok.vocab_size) != tok.vocab_size:
             raise ValueError(f"tokenizer JSON says vocab_size {d['vocab_size']} but its settings give {tok.vocab_size}")
         return tok
-
-    def to_str(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-    @classmethod
-    def from_str(cls, text: str) -> "EventTokenizer":
-        return cls.from_dict(_tokenizer_json(text))
-
-    def save(self, path: str | os.PathLike) -> None:
-        _atomic_write_text(Path(path), self.to_str() + "\n")
-
-    @classmethod
-    def from_file(cls, path: str | os.PathLike) -> "EventTokenizer":
-        return cls.from_str(_read_tokenizer_file(path))
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, EventTokenizer) and self.to_dict() == other.to_dict()
-
-    def __hash__(self) -> int:
-        return hash(self.to_str())
 
     def __repr__(self) -> str:
         return (f"EventTokenizer(step_ms={self.step_ms}, max_shift_steps={self.max_shift_steps}, "
@@ -457,7 +445,7 @@ class EventTokenizer:
 
 
 # -- the chorale grid -------------------------------------------------------------------
-class ChoraleTokenizer:
+class ChoraleTokenizer(_MIDITokenizer):
     """Coconet's 16th-note grid as the Music Transformer serialises it: S, A, T, B per step.
 
     Ids: ``<pad>`` 0, ``<s>`` 1, ``</s>`` 2, ``REST`` 3, then MIDI pitch p as ``4 + p``.
@@ -479,30 +467,6 @@ class ChoraleTokenizer:
         if d.get("type") != cls.kind:
             raise ValueError(f"not a chorale tokenizer (type {d.get('type')!r}, expected {cls.kind!r})")
         return cls()
-
-    def to_str(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
-
-    @classmethod
-    def from_str(cls, text: str) -> "ChoraleTokenizer":
-        return cls.from_dict(_tokenizer_json(text))
-
-    def save(self, path: str | os.PathLike) -> None:
-        _atomic_write_text(Path(path), self.to_str() + "\n")
-
-    @classmethod
-    def from_file(cls, path: str | os.PathLike) -> "ChoraleTokenizer":
-        return cls.from_str(_read_tokenizer_file(path))
-
-    @property
-    def tok(self) -> "ChoraleTokenizer":
-        return self
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, ChoraleTokenizer)
-
-    def __hash__(self) -> int:
-        return hash(self.kind)
 
     def __repr__(self) -> str:
         return f"ChoraleTokenizer(vocab_size={self.vocab_size})"
@@ -564,12 +528,6 @@ def grid_to_notes(grid: np.ndarray | Sequence[Sequence[float]], step_s: float = 
 
 
 # -- data sets --------------------------------------------------------------------------
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def cache_dir() -> Path:
     """Where converted corpora are kept: ``$ZOO_CACHE/midi`` (default ``~/.cache/zoo/midi``)."""
     return Path(os.environ.get("ZOO_CACHE", Path.home() / ".cache" / "zoo")).expanduser() / "midi"

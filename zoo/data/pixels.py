@@ -69,6 +69,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from zoo.data.base import SequenceDataModule, TokenBatchSampler
 from zoo.data.text import DOWNLOAD_DIR, _candidate_dirs
+from zoo.data.tokenizer import JsonTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ def check_labels(labels: Any, num_classes: int, where: str = "labels") -> None:
         )
 
 
-class PixelTokenizer:
+class PixelTokenizer(JsonTokenizer):
     """Images (N, H, W) or (N, H, W, C) of integers 0..max_value <-> token sequences (N, H*W*C).
 
     ``token = value * levels // (max_value + 1)``; decoding gives the value in the middle of
@@ -243,32 +244,13 @@ class PixelTokenizer:
         except KeyError as err:
             raise ValueError(f"pixel tokenizer description lacks {err}; re-save it with PixelTokenizer.save") from None
 
-    def to_str(self) -> str:
-        return json.dumps(self.to_dict(), sort_keys=True)
-
     @classmethod
-    def from_str(cls, text: str) -> "PixelTokenizer":
+    def _parse(cls, text: str) -> dict[str, Any]:
         try:
             d = json.loads(text)
         except json.JSONDecodeError as err:
             raise ValueError(f"pixel tokenizer is not valid JSON ({err}); re-save it") from None
-        return cls.from_dict(d if isinstance(d, dict) else {})
-
-    def save(self, path: str | os.PathLike) -> None:
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-
-    @classmethod
-    def from_file(cls, path: str | os.PathLike) -> "PixelTokenizer":
-        return cls.from_str(Path(path).read_text(encoding="utf-8"))
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, PixelTokenizer) and self.to_str() == other.to_str()
-
-    def __hash__(self) -> int:
-        return hash(self.to_str())
+        return d if isinstance(d, dict) else {}
 
     def __repr__(self) -> str:
         return (f"PixelTokenizer(levels={self.levels}, max_value={self.max_value}, channels={self.channels}, "

@@ -9,6 +9,7 @@ Special tokens have fixed ids in every zoo tokeniser: <pad>=0, <unk>=1, <s>=2, <
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -95,6 +96,57 @@ class TextTokenizer:
         return self.tok.encode(text, add_special_tokens=False).tokens
 
 
+class JsonTokenizer:
+    """Base of the tokenizers described by a small JSON object (MIDI events, chorale grid, pixels).
+
+    Subclasses define ``to_dict`` (with a ``"type"`` naming their kind) and ``from_dict``;
+    the text form, files (written atomically) and equality follow from them. ``_parse`` and
+    ``_read`` may be overridden to word their errors for the kind of file they expect.
+    """
+
+    def to_dict(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Any:
+        raise NotImplementedError
+
+    @classmethod
+    def _parse(cls, text: str) -> dict[str, Any]:
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{cls.__name__} file is not valid JSON ({err}); re-save it") from None
+        return d if isinstance(d, dict) else {}
+
+    @classmethod
+    def _read(cls, path: str | os.PathLike) -> str:
+        return Path(path).read_text(encoding="utf-8")
+
+    def to_str(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_str(cls, text: str) -> Any:
+        return cls.from_dict(cls._parse(text))
+
+    def save(self, path: str | os.PathLike) -> None:
+        path = Path(path)
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike) -> Any:
+        return cls.from_str(cls._read(path))
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and self.to_dict() == other.to_dict()
+
+    def __hash__(self) -> int:
+        return hash(self.to_str())
+
+
 # -- every kind of zoo tokenizer, from its JSON --------------------------------------
 # Text tokenizers are Hugging Face tokenizer.json files; the MIDI and pixel tokenizers
 # write a small JSON object whose "type" names their kind.
@@ -103,8 +155,6 @@ _KINDS = {"midi_events": "zoo.data.midi", "chorale_grid": "zoo.data.midi", "pixe
 
 def tokenizer_from_str(text: str) -> Any:
     """The zoo tokenizer (text, MIDI events, chorale grid or pixels) that ``text`` describes."""
-    import json
-
     try:
         kind = json.loads(text).get("type")
     except (ValueError, AttributeError):

@@ -132,12 +132,17 @@ def beam_search(
     return tokens[pick, best], scores[pick, best]
 
 
-def filter_logits(logits: Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> Tensor:
-    """Scale by 1/temperature, keep the top_k tokens and the smallest set whose mass reaches top_p."""
+def check_sampling(temperature: float, top_p: float) -> None:
+    """One-line errors for a temperature or nucleus mass that cannot sample."""
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0 (use greedy decoding for 0), got {temperature}")
     if not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+
+
+def filter_logits(logits: Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> Tensor:
+    """Scale by 1/temperature, keep the top_k tokens and the smallest set whose mass reaches top_p."""
+    check_sampling(temperature, top_p)
     logits = logits.float() / temperature
     if top_k > 0:
         kth = logits.topk(min(top_k, logits.size(-1)), dim=-1).values[..., -1:]

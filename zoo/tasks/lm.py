@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from zoo.data.text import lm_batch
 from zoo.metrics import TokenNLL
 from zoo.models.base import check_token_ids, check_whole
-from zoo.nn.decoding import filter_logits, sample
+from zoo.nn.decoding import check_sampling, sample
 from zoo.registry import build_network
 from zoo.tasks.base import ZooModule
 
@@ -188,7 +188,7 @@ class CausalLMTask(ZooModule):
         self._check_texts(prompts, "sample", empty_ok=True)
         check_whole("max_len", max_len, note=" new tokens")
         check_whole("top_k", top_k, minimum=0, note=" (0: no limit)")
-        filter_logits(torch.zeros(1, 2), temperature, top_k, top_p)  # temperature and top_p: one line each, before any work
+        check_sampling(temperature, top_p)  # before any work
         gen = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
         self.eval()
         out = []

@@ -198,7 +198,6 @@ class TranslationTask(ZooModule):
     @torch.no_grad()
     def generate_ids(self, src: Tensor, beam_size: int = 1, max_len: int | None = None, alpha: float = 0.6) -> Tensor:
         """Token ids (B, S) -> hypothesis ids (B, L), ending in </s> and padded after it."""
-        self._check_search(beam_size, max_len, alpha)
         check_token_ids(src, self._vocab("src"), "source ids")
         return self._search(src, beam_size, max_len, alpha)
 
