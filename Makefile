@@ -26,6 +26,7 @@ test: install
 bench: install
 	LD_PRELOAD=$(TCMALLOC) $(PY) benchmarks/bench_translation.py
 	LD_PRELOAD=$(TCMALLOC) $(PY) benchmarks/bench_midi.py
+	LD_PRELOAD=$(TCMALLOC) $(PY) benchmarks/bench_local_attention.py
 
 clean:
 	rm -rf $(VENV) runs wandb lightning_logs .pytest_cache

@@ -10,8 +10,11 @@ perplexity).
 Writes checkpoints/NAME/ (config.json, model.safetensors, tokenizer.json, README.md), then
 reloads that folder and measures it on the test split with the data settings the run was
 trained with: translation models, sacreBLEU and lowercased BLEU, greedy and beam 4, and the
-teacher-forced perplexity of the references; language models, perplexity. It also records the figure for the first 100 test items, which the test
-suite reproduces. Prints everything as JSON.
+teacher-forced perplexity of the references; language models, perplexity; image models,
+bits per dimension of the held-out test images (with, beside it, the per-pixel independent
+baseline, and a PNG of samples: for super-resolution, inputs / samples / targets). It also
+records the figure for the first 100 test items, which the test suite reproduces. Prints
+everything as JSON.
 """
 
 from __future__ import annotations
@@ -102,6 +105,45 @@ def measure_lm(stored, dm) -> tuple[dict, dict, dict]:
     return {"ppl": ppl}, reproduce, timing
 
 
+def measure_image(stored, dm, out: Path) -> tuple[dict, dict, dict]:
+    """Test bits/dim of the stored model, the first 100 test images' figure, baselines and a PNG of samples."""
+    import numpy as np
+
+    from zoo.data.pixels import save_grid
+    from zoo.tasks.image import independent_pixel_bpd
+
+    t = time.perf_counter()
+    bpd = round(stored.bits_per_dim(dm, split="test"), 4)
+    timing = {"bits_per_dim": round(time.perf_counter() - t, 1)}
+    images, labels = dm.images("test"), dm.labels("test")
+    c = stored.net.config
+    cond = {"labels": labels[:100]} if c.num_classes else {}
+    reproduce = {"split": "test", "first": 100, "bpd": round(stored.bits_per_dim(images[:100], **cond), 4)}
+    tok = stored.tokenizers[1]
+    train = tok.encode_array(dm.images("train"))
+    test = tok.encode_array(images)
+    baselines = {"independent_pixels_bpd": round(independent_pixel_bpd(train, test, tok.levels), 4)}
+    if c.num_classes:
+        baselines["independent_pixels_per_class_bpd"] = round(
+            independent_pixel_bpd(train, test, tok.levels, dm.labels("train"), labels), 4)
+    t = time.perf_counter()
+    if c.src_height:  # rows: low-resolution inputs (scaled up), samples, targets
+        n = 10
+        low = dm.low_res("test")[:n]
+        samples = stored.generate(src=low, seed=0)
+        factor = c.height // c.src_height
+        up = low.repeat(factor, axis=1).repeat(factor, axis=2)
+        grid = np.concatenate([up, samples, images[:n]])
+        save_grid(out / "samples.png", grid, max_value=tok.max_value, ncols=n, scale=4 if c.height < 16 else 2)
+    else:
+        n = 20 if c.num_classes else 16
+        samples = stored.generate(n, seed=0)  # class-conditional: the classes in turn
+        save_grid(out / "samples.png", samples, max_value=tok.max_value, ncols=10 if c.num_classes else 8,
+                  scale=4 if c.height < 16 else 2)
+    timing["samples"] = round(time.perf_counter() - t, 1)
+    return {"bpd": bpd}, {**reproduce, "baselines": baselines}, timing
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("run", type=Path, nargs="?", help="Lightning checkpoint, or a folder of them")
@@ -130,7 +172,8 @@ def main() -> None:
     meta = torch.load(probe, map_location="cpu", weights_only=True)
     task_cls = import_path(meta["hyper_parameters"].get("_class_path", "zoo.tasks.translation.TranslationTask"))
     is_lm = task_cls.task_name == "lm"
-    paths = pick_checkpoints(args.run, args.average, higher_is_better=not is_lm)
+    is_image = task_cls.task_name == "image"
+    paths = pick_checkpoints(args.run, args.average, higher_is_better=not (is_lm or is_image))
     print("from:", *map(str, paths), sep="\n  ")
     model = task_cls.load_from_checkpoint(paths[0], map_location="cpu")
     if model.tokenizers is None:
@@ -142,15 +185,21 @@ def main() -> None:
     dm = import_path(meta["datamodule_hyper_parameters"]["_class_path"])(**{**dm_hp, "test_limit": None})
     dm._tokenizers = model.tokenizers
     dm._tokenizer = model.tokenizers[1]
-    save_pretrained(model, out, dtype=args.dtype, data={**dm.describe(), "test_split": "test_2016_flickr"})
+    test_split = f"test ({len(dm.labels('test'))} held-out images)" if is_image else "test_2016_flickr"
+    save_pretrained(model, out, dtype=args.dtype, data={**dm.describe(), "test_split": test_split})
 
     stored = zoo.load(str(out))  # measure what was stored, not what was trained
-    metrics, reproduce, timing = (measure_lm if is_lm else measure_translation)(stored, dm)
+    if is_image:
+        metrics, reproduce, timing = measure_image(stored, dm, out)
+    else:
+        metrics, reproduce, timing = (measure_lm if is_lm else measure_translation)(stored, dm)
 
     config = read_config(out)
     recipe = Path("configs") / f"{args.name}.yaml"
     config.update(name=args.name, description=args.description, metrics=metrics, reproduce=reproduce,
                   averaged=[p.name for p in paths])
+    if "baselines" in reproduce:  # image models: what the model is measured against, beside its metrics
+        config["baselines"] = reproduce.pop("baselines")
     if recipe.exists():
         config["recipe"] = str(recipe)
     body = Path(args.card).read_text(encoding="utf-8") if args.card else model_cards_section(args.name)
@@ -159,7 +208,8 @@ def main() -> None:
     size = sum(f.stat().st_size for f in out.iterdir())
     digest = hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest()
     print(json.dumps({"folder": str(out), "size_mb": round(size / 1e6, 2), "num_params": config["num_params"],
-                      "metrics": metrics, "reproduce": reproduce, "seconds": timing, "sha256": digest}, indent=2))
+                      "metrics": metrics, "reproduce": reproduce, "baselines": config.get("baselines"),
+                      "seconds": timing, "sha256": digest}, indent=2))
     print("register it with sha256=" + repr(digest))
 
 

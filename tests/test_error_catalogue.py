@@ -644,6 +644,20 @@ def _mnist_corrupt(c: Ctx) -> Seen:
     return c.api(lambda: pixels.PixelDataModule(source="mnist", data_dir=str(c.tmp), download=False).setup())
 
 
+def _image_model(pixel_task: str = "class_conditional") -> Any:
+    from zoo.data.pixels import PixelTokenizer
+
+    shape = {"src_height": 4, "src_width": 4} if pixel_task == "super_resolution" else {}
+    model = zoo.create("image_transformer_tiny", pixel_task=pixel_task, num_classes=10, **shape)
+    tok = PixelTokenizer(17, 16, height=8, width=8)
+    model.tokenizers = (PixelTokenizer(17, 16, height=4, width=4) if shape else tok, tok)
+    return model.eval()
+
+
+def _image_call(method: str, *args: Any, pixel_task: str = "class_conditional", **kw: Any) -> Callable[[Ctx], Seen]:
+    return lambda c: c.api(lambda: getattr(_image_model(pixel_task), method)(*args, **kw))
+
+
 def _multi30k_missing(c: Ctx) -> Seen:
     import zoo.data.text as text
 
@@ -781,6 +795,13 @@ TRIGGERS: dict[str, Callable[[Ctx], Seen]] = {
     "labels-out-of-range": _labels_out_of_range,
     "mnist-missing": _mnist_missing,
     "mnist-corrupt": _mnist_corrupt,
+    "image-blocks-do-not-tile": _create("image_transformer_tiny", query_height=3),
+    "image-unknown-attention": _create("image_transformer_tiny", attention="global"),
+    "image-model-wrong-size": _image_call("bits_per_dim", np.zeros((2, 7, 7), dtype=np.uint8), labels=[0, 1]),
+    "image-model-wrong-channels": _image_call("bits_per_dim", np.zeros((2, 8, 8, 3), dtype=np.uint8), labels=[0, 1]),
+    "image-label-out-of-range": _image_call("generate", labels=[1, 12]),
+    "image-labels-missing": _image_call("bits_per_dim", np.zeros((2, 8, 8), dtype=np.uint8)),
+    "image-src-missing": _image_call("generate", 4, pixel_task="super_resolution"),
 }
 
 

@@ -37,14 +37,28 @@ def test_metadata_matches_files(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_reproduces_recorded_figure_on_a_fixed_slice(name, multi30k):
-    """Translation: greedy sacreBLEU within 0.5; language models: perplexity within 1%."""
+def test_reproduces_recorded_figure_on_a_fixed_slice(name, request):
+    """Translation: greedy sacreBLEU within 0.5; language models: perplexity within 1%; images: bits/dim within 0.02."""
     from zoo.metrics import bleu
 
     config = read_config(folder(name))
     rep = config["reproduce"]
     torch.manual_seed(0)
     model = zoo.load(name)
+    if config["task"] == "image":
+        from zoo.data.pixels import MissingDataError, PixelDataModule
+
+        data = config["data"]
+        dm = PixelDataModule(source=data["dataset"], levels=data["levels"], task=data["task"],
+                             downsample=data.get("downsample", 2), split_seed=data["split_seed"], download=False)
+        try:
+            images, labels = dm.images("test")[: rep["first"]], dm.labels("test")[: rep["first"]]
+        except MissingDataError:
+            pytest.skip(f"{data['dataset']} is not available locally (set ZOO_DATA_DIR)")
+        bpd = model.bits_per_dim(images, labels=labels if model.net.config.num_classes else None)
+        assert abs(bpd - rep["bpd"]) <= 0.02, f"{name}: {bpd:.4f} bits/dim vs recorded {rep['bpd']}"
+        return
+    multi30k = request.getfixturevalue("multi30k")
     if config["task"] == "translation":
         from zoo.data.text import TextDataModule
 

@@ -61,12 +61,20 @@ def test_every_registered_model_tiny(name):
     tiny = dict(src_vocab_size=40, tgt_vocab_size=40, vocab_size=40, d_model=32, n_heads=2, d_ff=64,
                 encoder_layers=1, decoder_layers=1, max_len=32, emb_dim=16, hidden_dim=16, attn_dim=8, layers=1)
     fields = {f.name for f in dataclasses.fields(arch.config)}
+    if arch.task == "image":  # 16 levels + start + padding tokens, 4x4 images, blocks that tile them
+        tiny.update(vocab_size=18, levels=16, bos_id=16, pad_id=17, height=4, width=4, query_height=2, query_width=2,
+                    mem_above=1, mem_side=1, block_len=4)
     net = arch.builder(**{k: v for k, v in tiny.items() if k in fields})
     tokens = torch.randint(4, 40, (2, 7))
     tokens[:, 0] = 2
     if arch.task == "translation":
         logits = net(tokens, torch.randint(4, 40, (2, 5)))
         assert logits.shape == (2, 5, 40)
+    elif arch.task == "image":
+        tokens = torch.randint(0, 16, (2, 16))
+        tokens[:, 0] = 16
+        logits = net(tokens)
+        assert logits.shape == (2, 16, 16)  # a softmax over the 16 intensities
     elif net.counts_only:
         net.observe(tokens, torch.roll(tokens, -1, 1))
         logits = net(tokens)

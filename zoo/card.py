@@ -12,10 +12,16 @@ METRIC_NAMES = {
     "sacrebleu": ("sacrebleu", "sacreBLEU (cased, detokenised, 13a)"),
     "bleu_lc": ("bleu", "BLEU (lowercased, 13a-tokenised)"),
     "ppl": ("perplexity", "perplexity per subword (</s> included)"),
+    "bpd": ("bits_per_dim", "bits per dimension (NLL per sub-pixel, base 2)"),
 }
 
 
-TASK_TYPES = {"translation": "translation", "lm": "text-generation"}
+TASK_TYPES = {"translation": "translation", "lm": "text-generation", "image": "unconditional-image-generation"}
+_IMAGE_USAGE = {  # by the pixel data's task
+    "unconditional": "images = model.generate(16, seed=0)  # uint8 (N, H, W)",
+    "class_conditional": "images = model.generate(labels=[0, 1, 2, 3], seed=0)  # one image per class index",
+    "super_resolution": "images = model.generate(src=low_res, seed=0)  # uint8 low-resolution (N, h, w) in, (N, H, W) out",
+}
 
 
 def _eval_results(config: dict[str, Any]) -> list[Any]:
@@ -23,6 +29,8 @@ def _eval_results(config: dict[str, Any]) -> list[Any]:
 
     data = config.get("data", {})
     task_type = TASK_TYPES.get(config.get("task", ""), config.get("task", ""))
+    if config.get("task") == "image" and data.get("task") == "super_resolution":
+        task_type = "image-to-image"
     results = []
     for key, value in (config.get("metrics") or {}).items():
         if not isinstance(value, (int, float)):
@@ -32,7 +40,7 @@ def _eval_results(config: dict[str, Any]) -> list[Any]:
         results.append(
             EvalResult(
                 task_type=task_type,
-                dataset_type="multi30k",
+                dataset_type="multi30k" if config.get("task") != "image" else data.get("dataset", "images"),
                 dataset_name=data.get("dataset", "multi30k"),
                 dataset_split=data.get("test_split", "test_2016_flickr"),
                 metric_type=mtype,
@@ -74,6 +82,7 @@ def write_card(config: dict[str, Any], body: str | None = None) -> str:
     usage = {
         "translation": f'model = zoo.load("{name}")\nprint(model.translate(["Ein Mann fährt Fahrrad."], beam_size=4))',
         "lm": f'model = zoo.load("{name}")\nprint(model.sample(["A man"], max_len=20, top_p=0.9))',
+        "image": f'model = zoo.load("{name}")\n' + _IMAGE_USAGE.get(data.get("task", ""), _IMAGE_USAGE["unconditional"]),
     }.get(config.get("task", ""), f'model = zoo.load("{name}")')
     text = f"""---
 {card_data.to_yaml()}

@@ -51,7 +51,9 @@ def configure_wandb() -> str:
     return "online"
 
 
-LINKABLE = ("src_vocab_size", "tgt_vocab_size", "vocab_size", "pad_id")
+LINKABLE = ("src_vocab_size", "tgt_vocab_size", "vocab_size", "pad_id", "bos_id", "eos_id",
+            # pixel data -> ImageTask: the images' shape and levels, and what the model is conditioned on
+            "levels", "height", "width", "channels", "num_classes", "src_height", "src_width", "pixel_task")
 
 
 def _model_class(argv: list[str]) -> Any:
@@ -257,12 +259,59 @@ def cmd_sample(args: argparse.Namespace) -> None:
     import zoo
 
     model = zoo.load(args.name)
+    if model.task_name == "image":
+        return _sample_images(model, args)
     if not hasattr(model, "sample"):
         raise ValueError(f"{args.name} is a {model.task_name} model; sampling needs a language model (zoo list)")
+    from zoo.data.midi import ChoraleTokenizer, EventTokenizer
+
+    if isinstance(model.tokenizers[1], (EventTokenizer, ChoraleTokenizer)):
+        return _sample_midi(model, args)
     prompts = args.prompts or None
     for text in model.sample(prompts, num_samples=args.num, max_len=args.max_len, temperature=args.temperature,
                              top_k=args.top_k, top_p=args.top_p, seed=args.seed):
         print(text)
+
+
+def _sample_midi(model: Any, args: argparse.Namespace) -> None:
+    if not args.out:
+        raise ValueError(f"{args.name} makes music: give the MIDI file to write with --out piece.mid")
+    if args.prompts:
+        raise ValueError("a music model takes no text prompts; continue a MIDI file with --primer primer.mid")
+    if args.primer is not None and not os.path.isfile(args.primer):
+        raise FileNotFoundError(f"primer {args.primer} does not exist; give a MIDI file with --primer")
+    path = model.generate_midi(args.out, prompt_events=args.primer, max_events=args.max_events,
+                               temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                               stop_at_end=not args.no_end, progress=True)
+    print(f"wrote {path} and its piano roll {Path(path).with_suffix('.png')}")
+
+
+def _sample_images(model: Any, args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from zoo.data.pixels import save_grid
+
+    out = args.out or "samples.png"
+    if not out.lower().endswith(".png"):
+        raise ValueError(f"--out {out} does not end in .png; image samples are written as a PNG grid")
+    src = None
+    if args.input is not None:
+        from matplotlib import image as mpimg
+
+        if not os.path.isfile(args.input):
+            raise FileNotFoundError(f"--input {args.input} does not exist; give the low-resolution PNG to enlarge")
+        pixels = mpimg.imread(args.input)  # PNG: floats in [0, 1]
+        if pixels.ndim == 3 and pixels.shape[2] == 4:
+            pixels = pixels[..., :3]
+        tok = model.tokenizers[0]
+        if pixels.ndim == 3 and tok.channels == 1:
+            pixels = pixels.mean(-1)
+        src = np.rint(pixels * tok.max_value).astype(np.int64)[None]
+    labels = None if args.label is None else [args.label] * args.n
+    images = model.generate(n=args.n, labels=labels, src=src, temperature=args.temperature, top_k=args.top_k,
+                            top_p=args.top_p, seed=args.seed, progress=True)
+    save_grid(out, images, max_value=model.tokenizers[1].max_value)
+    print(f"wrote {len(images)} sample(s) to {out}")
 
 
 def cmd_attention(args: argparse.Namespace) -> None:
@@ -306,11 +355,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--beam", type=int, default=4, help="beam size (1 = greedy)")
     p.add_argument("--max-len", type=int, default=None)
     p.set_defaults(func=cmd_translate)
-    p = sub.add_parser("sample", help="sample text from a language model")
+    p = sub.add_parser("sample", help="sample text, music (MIDI + piano roll) or images from a generative model")
     p.add_argument("name", help="pretrained name, folder or Hub repo id")
     p.add_argument("prompts", nargs="*", help="texts to continue (default: start from nothing)")
-    p.add_argument("--num", type=int, default=3, help="samples without a prompt")
-    p.add_argument("--max-len", type=int, default=40)
+    p.add_argument("--num", type=int, default=3, help="text samples without a prompt")
+    p.add_argument("--max-len", type=int, default=40, help="new tokens of a text sample")
+    p.add_argument("--out", default=None, help="music: the MIDI file to write (piece.mid, piano roll beside it); "
+                                                "images: the PNG grid (default samples.png)")
+    p.add_argument("--primer", default=None, help="music: a MIDI file to continue")
+    p.add_argument("--max-events", type=int, default=1024, help="music: new events at most")
+    p.add_argument("--no-end", action="store_true", help="music: never stop at the end-of-piece token")
+    p.add_argument("--n", type=int, default=16, help="images: how many")
+    p.add_argument("--label", type=int, default=None, help="images: the class, for a class-conditional model")
+    p.add_argument("--input", default=None, help="images: the low-resolution PNG, for super-resolution")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--top-p", type=float, default=1.0)

@@ -7,6 +7,7 @@
 
 * ``sacrebleu``: cased BLEU on detokenised output against the raw references with the
   13a tokeniser: the number to quote.
+  ``CorpusBLEU`` keeps it as n-gram counts, a ``Metric`` that sums across processes.
 * ``bleu_lc``: lowercased BLEU on 13a-tokenised text, the closest match to the
   Multi30k figures usually published (computed on lowercased, tokenised text).
 """
@@ -33,11 +34,55 @@ class TokenNLL(Metric):
 
     def update(self, logprobs: Tensor, mask: Tensor) -> None:
         """logprobs (B, T) of the targets; mask (B, T) True at real (non-padding) targets."""
-        self.total += -(logprobs.double() * mask).sum()
-        self.count += mask.sum()
+        # out of place: states reset under inference mode (trainer.validate) stay usable in fit's validation
+        self.total = self.total - (logprobs.double() * mask).sum()
+        self.count = self.count + mask.sum()
 
     def compute(self) -> Tensor:
         return (self.total / self.count.clamp(min=1)).float()
+
+
+class CorpusBLEU(Metric):
+    """Corpus BLEU (sacrebleu's 13a, exp smoothing) kept as its sufficient statistics.
+
+    Each update adds the n-gram matches and totals and the hypothesis and reference lengths
+    of a batch; these are sums, so across DDP processes they add up (``dist_reduce_fx="sum"``)
+    and ``compute()`` gives exactly ``bleu()`` of all the sentences together, whichever
+    process scored which.
+    """
+
+    full_state_update = False
+    higher_is_better = True
+
+    def __init__(self, lowercase: bool = False, max_ngram_order: int = 4) -> None:
+        super().__init__()
+        self.lowercase, self.max_ngram_order = lowercase, max_ngram_order
+        self.add_state("correct", torch.zeros(max_ngram_order, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("total", torch.zeros(max_ngram_order, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("sys_len", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("ref_len", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, hypotheses: Sequence[str], references: Sequence[str]) -> None:
+        """Detokenised hypotheses and their (one each) raw references."""
+        from sacrebleu.metrics import BLEU
+
+        if len(hypotheses) != len(references):
+            raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} references")
+        if not hypotheses:
+            return
+        score = BLEU(tokenize="13a", lowercase=self.lowercase, force=True, max_ngram_order=self.max_ngram_order
+                     ).corpus_score(list(hypotheses), [list(references)])
+        self.correct += torch.tensor(score.counts, dtype=torch.long, device=self.correct.device)
+        self.total += torch.tensor(score.totals, dtype=torch.long, device=self.total.device)
+        self.sys_len += score.sys_len
+        self.ref_len += score.ref_len
+
+    def compute(self) -> Tensor:
+        from sacrebleu.metrics import BLEU
+
+        score = BLEU.compute_bleu(self.correct.tolist(), self.total.tolist(), int(self.sys_len), int(self.ref_len),
+                                  smooth_method="exp", max_ngram_order=self.max_ngram_order)
+        return torch.tensor(score.score, dtype=torch.float64)
 
 
 def bleu(hypotheses: Sequence[str], references: Sequence[str], lowercase: bool = False) -> float:

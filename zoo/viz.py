@@ -59,3 +59,46 @@ def figure_to_array(fig: Any) -> Any:
     pixels = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
     plt.close(fig)
     return pixels
+
+
+def piano_roll_figure(notes: Any, title: str = "") -> Any:
+    """A piano roll of notes (N, 4) = (pitch, onset s, offset s, velocity): time across,
+    pitch up, each note a bar shaded by its velocity."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    arr = np.asarray(notes, dtype=np.float64).reshape(-1, 4)
+    end = float(arr[:, 2].max()) if len(arr) else 1.0
+    fig, ax = plt.subplots(figsize=(min(16.0, 3.0 + end / 2), 4.0))
+    if len(arr):
+        colours = plt.cm.viridis(arr[:, 3] / 127.0)
+        ax.barh(arr[:, 0], arr[:, 2] - arr[:, 1], left=arr[:, 1], height=0.8, color=colours, edgecolor="none")
+        lo, hi = arr[:, 0].min(), arr[:, 0].max()
+        ax.set_ylim(lo - 2, hi + 2)
+    ax.set_xlim(0, end)
+    ax.set_xlabel("time (s)")
+    ax.set_ylabel("MIDI pitch")
+    ax.grid(axis="y", alpha=0.2)
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def save_piano_roll(notes: Any, path: Any, title: str = "") -> Any:
+    """Write :func:`piano_roll_figure` to ``path`` (PNG) atomically; returns the path."""
+    import os
+    from pathlib import Path
+
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig = piano_roll_figure(notes, title)
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path

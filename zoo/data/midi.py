@@ -57,7 +57,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from zoo.data.base import SequenceDataModule
+from zoo.data.base import EvalBatchSampler, SequenceDataModule, batch_loader
 from zoo.data.text import DOWNLOAD_DIR, _candidate_dirs
 from zoo.data.tokenizer import JsonTokenizer
 
@@ -944,9 +944,10 @@ class MIDIDataModule(SequenceDataModule):
                           num_workers=hp.num_workers, drop_last=False)
 
     def _eval_loader(self, split: str) -> DataLoader:
+        # whole pieces in order, each scored once across DDP ranks (Lightning splits the training loader)
         data = self._eval_windows(split)
-        return DataLoader(data, batch_size=self.hp.eval_batch_size, collate_fn=self._collate,
-                          num_workers=self.hp.num_workers)
+        return batch_loader(data, EvalBatchSampler(len(data), self.hp.eval_batch_size), self._collate,
+                            self.hp.num_workers)
 
 
 def _trim(notes: np.ndarray) -> np.ndarray:

@@ -67,7 +67,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from zoo.data.base import SequenceDataModule, TokenBatchSampler
+from zoo.data.base import EvalBatchSampler, SequenceDataModule, TokenBatchSampler, batch_loader
 from zoo.data.text import DOWNLOAD_DIR, _candidate_dirs
 from zoo.data.tokenizer import JsonTokenizer
 
@@ -618,10 +618,12 @@ class PixelDataModule(SequenceDataModule):
         if batch_size < 1 or eval_batch_size < 1:
             raise ValueError(f"batch sizes must be positive, not {batch_size} and {eval_batch_size}")
         self.save_hyperparameters()
-        self.hp = self.hparams
         self.source = SOURCES[source]
         h, w, c = self.source.shape
         levels = self.source.max_value + 1 if levels is None else levels
+        if self.hparams.get("levels") != levels:  # record the resolved value: zoo fit links it into the model,
+            self.save_hyperparameters({**self.hparams, "levels": levels})  # whose hparams must agree with ours
+        self.hp = self.hparams
         self._tokenizer = PixelTokenizer(levels, self.source.max_value, c, height=h, width=w)
         self._src_tokenizer = (
             PixelTokenizer(levels, self.source.max_value, c, height=h // downsample, width=w // downsample)
@@ -648,6 +650,38 @@ class PixelDataModule(SequenceDataModule):
     @property
     def num_classes(self) -> int:
         return self.source.num_classes
+
+    # what ``zoo fit`` links into the model (zoo.cli.LINKABLE): the image's shape and levels
+    @property
+    def levels(self) -> int:
+        return self._tokenizer.levels
+
+    @property
+    def height(self) -> int:
+        return self.image_shape[0]
+
+    @property
+    def width(self) -> int:
+        return self.image_shape[1]
+
+    @property
+    def channels(self) -> int:
+        return self.image_shape[2]
+
+    @property
+    def src_height(self) -> int:
+        """Height of the low-resolution input of super-resolution; 0 for the other tasks."""
+        return self._src_tokenizer.height if self.hp.task == "super_resolution" else 0
+
+    @property
+    def src_width(self) -> int:
+        """Width of the low-resolution input of super-resolution; 0 for the other tasks."""
+        return self._src_tokenizer.width if self.hp.task == "super_resolution" else 0
+
+    @property
+    def pixel_task(self) -> str:
+        """``unconditional``, ``class_conditional`` or ``super_resolution``."""
+        return self.hp.task
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -715,12 +749,12 @@ class PixelDataModule(SequenceDataModule):
         data = self._dataset("train")
         t = self._tokenizer.seq_len
         sampler = TokenBatchSampler([t] * len(data), self.hp.batch_size * t, shuffle=True, seed=self.hp.seed)
-        return DataLoader(data, batch_sampler=sampler, collate_fn=data.collate, num_workers=self.hp.num_workers)
+        return batch_loader(data, sampler, data.collate, self.hp.num_workers)
 
     def _eval_loader(self, split: str) -> DataLoader:
         data = self._dataset(split)
-        return DataLoader(data, batch_size=self.hp.eval_batch_size, collate_fn=data.collate,
-                          num_workers=self.hp.num_workers)
+        return batch_loader(data, EvalBatchSampler(len(data), self.hp.eval_batch_size), data.collate,
+                            self.hp.num_workers)
 
 
 # -- pictures -----------------------------------------------------------------------

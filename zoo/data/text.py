@@ -18,9 +18,10 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
-from zoo.data.base import SequenceDataModule, TokenBatchSampler, read_lines
+from zoo.data.base import (EvalBatchSampler, SequenceDataModule, ShardedBatchSampler, TokenBatchSampler, batch_loader,
+                           distributed_world, read_lines)
 from zoo.data.tokenizer import TextTokenizer
 
 log = logging.getLogger(__name__)
@@ -297,9 +298,11 @@ class TextDataModule(SequenceDataModule):
         collate_fn = lambda ex: collate(ex, tok.pad_id, tok.bos_id, tok.eos_id)  # noqa: E731
         if shuffle:
             lengths = [max(len(e.src), len(e.tgt)) + 1 for e in data]
-            sampler = TokenBatchSampler(lengths, self.hp.max_tokens, shuffle=True, seed=self.hp.seed)
-            return DataLoader(data, batch_sampler=sampler, collate_fn=collate_fn, num_workers=self.hp.num_workers)
-        return DataLoader(data, batch_size=self.hp.eval_batch_size, collate_fn=collate_fn, num_workers=self.hp.num_workers)
+            sampler: ShardedBatchSampler = TokenBatchSampler(lengths, self.hp.max_tokens, shuffle=True,
+                                                             seed=self.hp.seed)
+        else:
+            sampler = EvalBatchSampler(len(data), self.hp.eval_batch_size)
+        return batch_loader(data, sampler, collate_fn, self.hp.num_workers)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)
@@ -419,31 +422,88 @@ class TextLMDataModule(SequenceDataModule):
     def _collate(self, seqs: list[list[int]]) -> dict[str, Any]:
         return lm_batch(seqs, self.tokenizer)
 
-    def _stream_batches(self) -> list[dict[str, Any]]:
-        """<s> line </s> <s> line </s> ... in ``batch_size`` rows, cut into ``bptt`` chunks."""
+    def _stream(self) -> "TextStream":
+        """<s> line </s> <s> line </s> ... of the training split, for stream mode."""
         tok = self.tokenizer
         flat = [t for s in self._ids("train") for t in [tok.bos_id] + s + [tok.eos_id]]
-        b, n = self.hp.batch_size, (len(flat) - 1) // self.hp.batch_size
-        if n < 2:
-            raise ValueError(f"the training text is too short for batch_size={b} in stream mode; lower batch_size")
-        data = torch.tensor(flat[: b * n + 1])
-        rows_in, rows_out = data[:-1].view(b, n), data[1:].view(b, n)
-        batches = []
-        for start in range(0, n, self.hp.bptt):
-            targets = rows_out[:, start : start + self.hp.bptt].clone()
-            targets[targets == tok.bos_id] = tok.pad_id  # <s> after </s> is given, not predicted
-            batches.append({"tokens": rows_in[:, start : start + self.hp.bptt], "targets": targets,
-                            "stream": True, "reset": start == 0})
-        return batches
+        stream = TextStream(flat, self.hp.batch_size, self.hp.bptt, tok.bos_id, tok.pad_id)
+        replicas = distributed_world()[0]
+        if stream.columns(replicas) < 2:
+            on = f" on {replicas} processes" if replicas > 1 else ""
+            raise ValueError(f"the training text is too short for batch_size={self.hp.batch_size}{on} in stream mode; "
+                             "lower batch_size")
+        return stream
+
+    def _stream_batches(self) -> list[dict[str, Any]]:
+        """The stream in ``batch_size`` rows, cut into ``bptt`` chunks (one process's)."""
+        stream = self._stream()
+        return [stream[key] for key in StreamSampler(stream, num_replicas=1, rank=0)]
 
     def train_dataloader(self) -> Any:
         if self.hp.mode == "stream":
-            return DataLoader(self._stream_batches(), batch_size=None, shuffle=False)
+            stream = self._stream()
+            return DataLoader(stream, sampler=StreamSampler(stream), batch_size=None)
         data = self._ids("train")
         sampler = TokenBatchSampler([len(s) + 1 for s in data], self.hp.max_tokens, shuffle=True, seed=self.hp.seed)
-        return DataLoader(data, batch_sampler=sampler, collate_fn=self._collate, num_workers=self.hp.num_workers)
+        return batch_loader(data, sampler, self._collate, self.hp.num_workers)
 
     def _eval_loader(self, split: str) -> DataLoader:
-        return DataLoader(self._ids(split), batch_size=self.hp.eval_batch_size, collate_fn=self._collate,
-                          num_workers=self.hp.num_workers)
+        data = self._ids(split)
+        return batch_loader(data, EvalBatchSampler(len(data), self.hp.eval_batch_size), self._collate,
+                            self.hp.num_workers)
+
+
+class TextStream(Dataset):
+    """Training text as one stream of ids for truncated back-propagation through time.
+
+    With ``R`` processes the stream is cut into ``R`` equal parts, one per rank; a part is
+    laid out in ``batch_size`` rows read ``bptt`` columns at a time, so each chunk goes on
+    where the rank's previous chunk stopped and a recurrent state carried across chunks
+    stays meaningful on every rank. One process reads the whole stream. Items are keyed
+    ``(num_replicas, rank, chunk)``: :class:`StreamSampler` yields the keys of its rank.
+    """
+
+    def __init__(self, ids: list[int], batch_size: int, bptt: int, bos_id: int, pad_id: int) -> None:
+        self.ids, self.batch_size, self.bptt = torch.tensor(ids, dtype=torch.long), batch_size, bptt
+        self.bos_id, self.pad_id = bos_id, pad_id
+
+    def columns(self, num_replicas: int) -> int:
+        """Tokens per row of each rank's part."""
+        return (len(self.ids) - 1) // num_replicas // self.batch_size
+
+    def chunks(self, num_replicas: int) -> int:
+        """Chunks (steps) per rank and epoch."""
+        return -(-self.columns(num_replicas) // self.bptt)
+
+    def __len__(self) -> int:
+        return self.chunks(1)
+
+    def __getitem__(self, key: tuple[int, int, int]) -> dict[str, Any]:
+        num_replicas, rank, chunk = key
+        b, n = self.batch_size, self.columns(num_replicas)
+        part = self.ids[rank * ((len(self.ids) - 1) // num_replicas):][: b * n + 1]
+        start = chunk * self.bptt
+        rows_in, rows_out = part[:-1].view(b, n), part[1:].view(b, n)
+        targets = rows_out[:, start : start + self.bptt].clone()
+        targets[targets == self.bos_id] = self.pad_id  # <s> after </s> is given, not predicted
+        return {"tokens": rows_in[:, start : start + self.bptt], "targets": targets, "stream": True, "reset": start == 0}
+
+
+class StreamSampler(ShardedBatchSampler):
+    """The keys of this rank's chunks of a :class:`TextStream`, in reading order.
+
+    A ``ShardedBatchSampler`` so that Lightning leaves the stream loader alone under DDP
+    (its ``DistributedSampler`` would deal every rank chunks that do not follow each other);
+    the rank is resolved when the loader is read, like the batch samplers'.
+    """
+
+    def __init__(self, stream: TextStream, num_replicas: int | None = None, rank: int | None = None) -> None:
+        super().__init__(num_replicas, rank)
+        self.stream = stream
+
+    def shard(self, num_replicas: int, rank: int) -> list[tuple[int, int, int]]:  # type: ignore[override]
+        return [(num_replicas, rank, i) for i in range(self.stream.chunks(num_replicas))]
+
+    def __len__(self) -> int:
+        return self.stream.chunks(self.num_replicas)
 

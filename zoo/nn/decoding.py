@@ -28,9 +28,7 @@ def reorder(state: Any, index: Tensor) -> Any:
     if isinstance(state, Tensor):
         return state.index_select(0, index)
     if isinstance(state, KVCache):
-        if not state.static and state.k is not None:
-            state.k, state.v = state.k.index_select(0, index), state.v.index_select(0, index)
-        return state
+        return state.select(index)
     if isinstance(state, dict):
         return {key: reorder(val, index) for key, val in state.items()}
     if isinstance(state, (list, tuple)):
@@ -161,29 +159,38 @@ def sample(
     prompt: Tensor,
     *,
     max_new: int,
-    eos_id: int,
+    eos_id: int | None,
     pad_id: int,
     temperature: float = 1.0,
     top_k: int = 0,
     top_p: float = 1.0,
     generator: torch.Generator | None = None,
+    never: tuple[int, ...] = (),
+    progress: bool = False,
 ) -> Tensor:
     """Ancestral sampling from a causal LM (``init_state`` / ``step``).
 
     prompt (B, P), starting with BOS -> (B, P + L) with the new tokens, padded after EOS.
+    ``eos_id=None`` never stops early (and never draws an end token: pass it in ``never``);
+    ``never`` lists other ids that are never drawn; ``progress`` shows a bar over the new tokens.
     """
+    from tqdm.auto import tqdm
+
     state = model.init_state(prompt.size(0), prompt.device)
     logits = model.step(prompt, state)  # the whole prompt at once: logits after its last token
     tokens = prompt
     finished = torch.zeros(prompt.size(0), dtype=torch.bool, device=prompt.device)
-    for _ in range(max_new):
+    banned = [pad_id, *never]
+    for i in tqdm(range(max_new), desc="sampling", unit="token", disable=not progress, leave=False):
         logits = filter_logits(logits, temperature, top_k, top_p)
-        logits[:, pad_id] = float("-inf")
+        logits[:, banned] = float("-inf")
         nxt = torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(1)
         nxt = nxt.masked_fill(finished, pad_id)
         tokens = torch.cat([tokens, nxt[:, None]], 1)
-        finished |= nxt == eos_id
-        if finished.all():
-            break
-        logits = model.step(nxt[:, None], state)
+        if eos_id is not None:
+            finished |= nxt == eos_id
+            if finished.all():
+                break
+        if i + 1 < max_new:  # the last token needs no logits after it
+            logits = model.step(nxt[:, None], state)
     return tokens

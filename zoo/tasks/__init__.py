@@ -11,6 +11,7 @@ from typing import Any
 TASKS = {
     "translation": "zoo.tasks.translation:TranslationTask",
     "lm": "zoo.tasks.lm:CausalLMTask",
+    "image": "zoo.tasks.image:ImageTask",
 }
 
 

@@ -8,7 +8,10 @@ model's ``score``.
 
 from __future__ import annotations
 
-from typing import Any
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +36,9 @@ class CausalLMTask(ZooModule):
             square root decay (``warmup_steps=0``: constant); unused by count-based models.
         label_smoothing: for neural models' training loss only; evaluation is exact NLL.
         init_from: a pretrained name or folder to start from (fine-tuning).
+        log_samples: for MIDI models, draw a sample of this many events at the end of each
+            validation and log its piano roll (and audio, when fluidsynth and a General MIDI
+            soundfont are installed) to Weights & Biases; 0 logs none.
     """
 
     task_name = "lm"
@@ -52,6 +58,7 @@ class CausalLMTask(ZooModule):
         weight_decay: float = 0.0,
         label_smoothing: float = 0.0,
         init_from: str | None = None,
+        log_samples: int = 0,
     ) -> None:
         super().__init__()
         arch, arch_args, start = self.resolve_start(arch, arch_args, init_from)
@@ -75,7 +82,8 @@ class CausalLMTask(ZooModule):
         state = None
         if batch.get("stream") and not batch.get("reset"):
             state = self.net.detach_state(self._stream_state)  # truncated BPTT: carry, don't backpropagate
-        logits, new_state = self.net(tokens, state)
+        out = self.net(tokens, state) if batch.get("stream") else self.net(tokens)
+        logits, new_state = out if isinstance(out, tuple) else (out, None)  # recurrent nets return a state
         if batch.get("stream"):
             self._stream_state = new_state
         loss = F.cross_entropy(
@@ -104,6 +112,8 @@ class CausalLMTask(ZooModule):
 
     def on_validation_epoch_end(self) -> None:
         self._log_ppl("val")
+        if self.hparams.get("log_samples") and not self.trainer.sanity_checking:
+            self._log_music_sample(self.hparams.log_samples)
 
     def on_test_epoch_end(self) -> None:
         self._log_ppl("test")
@@ -198,3 +208,167 @@ class CausalLMTask(ZooModule):
                          temperature=temperature, top_k=top_k, top_p=top_p, generator=gen)
             out.append(tok.decode(seq[0].tolist()))
         return out
+
+    # -- music ----------------------------------------------------------------------
+    def _midi_tokenizer(self) -> Any:
+        from zoo.data.midi import ChoraleTokenizer, EventTokenizer
+
+        tok = self._tokenizer()
+        if not isinstance(tok, (EventTokenizer, ChoraleTokenizer)):
+            raise ValueError(f"this is a {type(tok).__name__} language model; MIDI generation needs a model of MIDI events")
+        return tok
+
+    def _prompt_ids(self, prompt_events: Any, tok: Any) -> list[int]:
+        """Event ids of a primer given as ids, or as a MIDI file for a performance-event model."""
+        from zoo.data.midi import EventTokenizer
+
+        if prompt_events is None:
+            return []
+        if isinstance(prompt_events, (str, os.PathLike)):
+            if not isinstance(tok, EventTokenizer):
+                raise ValueError("a MIDI-file primer needs a performance-event model; give a chorale model event ids")
+            ids = tok.encode_file(prompt_events)
+            if not ids:
+                raise ValueError(f"{prompt_events} has no notes to continue; give a primer with notes")
+            return ids
+        ids = [int(i) for i in (prompt_events.tolist() if isinstance(prompt_events, Tensor) else prompt_events)]
+        specials = {tok.pad_id, tok.bos_id, tok.eos_id}
+        bad = [i for i in ids if not 0 <= i < tok.vocab_size or i in specials]
+        if bad:
+            raise ValueError(
+                f"primer event id {bad[0]} is not an event of this model's vocabulary (ids {len(tok.specials)}.."
+                f"{tok.vocab_size - 1}); encode the primer with the model's tokenizer"
+            )
+        return ids
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompt_events: Sequence[int] | str | os.PathLike | None = None,
+        max_events: int = 1024,
+        temperature: float = 1.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop_at_end: bool = True,
+        progress: bool = False,
+    ) -> list[int]:
+        """Sample MIDI events, from nothing or continuing a primer.
+
+        Args:
+            prompt_events: event ids, or (performance-event models) a MIDI file to continue.
+                A primer that leaves no room for ``max_events`` within the model's length
+                limit keeps only its last part, with a warning.
+            max_events: new events to draw at most.
+            temperature, top_k, top_p: sampling settings (1.0, 0 and 1.0: the model's distribution).
+            seed: for a repeatable sample.
+            stop_at_end: stop at the end-of-piece token; ``False`` always draws ``max_events``.
+            progress: show a progress bar.
+
+        Returns:
+            the primer's and the new events' ids (no start or end token); decode them with
+            ``model.tokenizers[1]`` or write them with :meth:`generate_midi`.
+        """
+        tok = self._midi_tokenizer()
+        check_whole("max_events", max_events, note=" new events")
+        check_whole("top_k", top_k, minimum=0, note=" (0: no limit)")
+        check_sampling(temperature, top_p)
+        prompt = self._prompt_ids(prompt_events, tok)
+        limit = self.net.max_positions - 1  # room after <s>
+        if max_events > limit:
+            raise ValueError(f"max_events={max_events} is more than the model's limit of {limit} events; ask for fewer")
+        if len(prompt) + max_events > limit:
+            keep = limit - max_events
+            warnings.warn(f"the primer has {len(prompt)} events but only {keep} fit before {max_events} new ones "
+                          f"within the model's {limit}; keeping its last {keep}", stacklevel=2)
+            prompt = prompt[len(prompt) - keep :] if keep else []
+        gen = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
+        self.eval()
+        ids = torch.tensor([[tok.bos_id] + prompt], device=self.device)
+        seq = sample(self.net, ids, max_new=max_events, eos_id=tok.eos_id if stop_at_end else None, pad_id=tok.pad_id,
+                     temperature=temperature, top_k=top_k, top_p=top_p, generator=gen,
+                     never=(tok.bos_id,) if stop_at_end else (tok.bos_id, tok.eos_id), progress=progress)
+        out = seq[0, 1:].tolist()
+        return [i for i in out if i not in (tok.pad_id, tok.eos_id)]
+
+    def events_to_notes(self, ids: Sequence[int]) -> Any:
+        """Event ids -> notes (N, 4): pitch, onset s, offset s, velocity."""
+        from zoo.data.midi import ChoraleTokenizer, grid_to_notes, note_array
+
+        tok = self._midi_tokenizer()
+        if isinstance(tok, ChoraleTokenizer):
+            return grid_to_notes(tok.decode(ids))
+        return note_array(tok.decode(ids))
+
+    def generate_midi(self, path: str | os.PathLike, piano_roll: bool = True, **kwargs: Any) -> Path:
+        """:meth:`generate`, written to a MIDI file at ``path`` (and its piano roll beside it,
+        ``path`` with ``.png``); ``kwargs`` go to :meth:`generate`. Returns the MIDI path."""
+        from zoo.data.midi import write_notes
+        from zoo.viz import save_piano_roll
+
+        path = Path(path)
+        if path.suffix.lower() not in (".mid", ".midi"):
+            raise ValueError(f"{path} does not end in .mid or .midi; name the output MIDI file piece.mid")
+        if not path.parent.exists():
+            raise FileNotFoundError(f"folder {path.parent} does not exist; create it or write elsewhere")
+        notes = self.events_to_notes(self.generate(**kwargs))
+        if len(notes) == 0:
+            raise ValueError("the sample holds no notes (it ended at once); sample again with another seed")
+        write_notes(notes, path)
+        if piano_roll:
+            save_piano_roll(notes, path.with_suffix(".png"), title=path.name)
+        return path
+
+    def _log_music_sample(self, events: int) -> None:
+        """A short sample's piano roll (and audio when a synthesiser is at hand) to W&B."""
+        from lightning.pytorch.loggers import WandbLogger
+
+        logger = self.logger
+        if not isinstance(logger, WandbLogger) or self.tokenizers is None:
+            return
+        from zoo.data.midi import ChoraleTokenizer, EventTokenizer
+
+        if not isinstance(self.tokenizers[1], (ChoraleTokenizer, EventTokenizer)):
+            return
+        from zoo.viz import figure_to_array, piano_roll_figure
+
+        training = self.training
+        ids = self.generate(max_events=min(events, self.net.max_positions - 1), seed=self.current_epoch)
+        self.train(training)
+        notes = self.events_to_notes(ids)
+        if len(notes) == 0:
+            return
+        image = figure_to_array(piano_roll_figure(notes, title=f"epoch {self.current_epoch}"))
+        logger.log_image("samples/piano_roll", [image], step=self.global_step)
+        audio = synthesise(notes)
+        if audio is not None:
+            import wandb
+
+            logger.experiment.log({"samples/audio": wandb.Audio(audio, sample_rate=22050)}, step=self.global_step)
+
+
+def synthesise(notes: Any, sample_rate: int = 22050) -> Any:
+    """Audio samples of notes through fluidsynth and a General MIDI soundfont, or None when
+    either is missing (``$ZOO_SOUNDFONT`` or a Debian soundfont path)."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    fluidsynth = shutil.which("fluidsynth")
+    fonts = [os.environ.get("ZOO_SOUNDFONT", ""), "/usr/share/sounds/sf2/FluidR3_GM.sf2", "/usr/share/soundfonts/default.sf2"]
+    font = next((f for f in fonts if f and os.path.isfile(f)), None)
+    if fluidsynth is None or font is None:
+        return None
+    import numpy as np
+
+    from zoo.data.midi import write_notes
+
+    with tempfile.TemporaryDirectory() as tmp:
+        mid, wav = Path(tmp) / "s.mid", Path(tmp) / "s.raw"
+        write_notes(notes, mid)
+        done = subprocess.run([fluidsynth, "-ni", "-F", str(wav), "-O", "s16", "-T", "raw", "-r", str(sample_rate),
+                               font, str(mid)], capture_output=True, timeout=120)
+        if done.returncode or not wav.exists():
+            return None
+        data = np.frombuffer(wav.read_bytes(), dtype=np.int16).reshape(-1, 2).mean(1) / 32768.0
+    return data.astype(np.float32)

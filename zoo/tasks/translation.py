@@ -12,7 +12,7 @@ import torch.nn.utils.parametrize
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from zoo.metrics import TokenNLL, translation_scores
+from zoo.metrics import CorpusBLEU, TokenNLL
 from zoo.models.base import check_token_ids, check_whole
 from zoo.nn.decoding import beam_search, greedy_search
 from zoo.registry import build_network
@@ -76,6 +76,9 @@ class TranslationTask(ZooModule):
         )
         self.take_start(start)
         self.nll = nn.ModuleDict({"val": TokenNLL(), "test": TokenNLL()})
+        # corpus BLEU as summed n-gram counts: under DDP the ranks' sentences add up to the one-process figure
+        self.bleu = nn.ModuleDict({k: CorpusBLEU(lowercase=k.endswith("_lc"))
+                                   for k in ("val", "val_lc", "test", "test_lc")})
         self._val_outputs: list[tuple[str, str, str]] = []
 
     # -- training ---------------------------------------------------------------
@@ -113,6 +116,8 @@ class TranslationTask(ZooModule):
         self.nll[prefix].update(logits.float().log_softmax(-1).gather(-1, target[..., None]).squeeze(-1),
                                 target.ne(self.hparams.pad_id))
         hyps = self._decode_text(self._search(batch["src"], self.hparams.val_beam_size))
+        self.bleu[prefix].update(hyps, batch["tgt_text"])
+        self.bleu[f"{prefix}_lc"].update(hyps, batch["tgt_text"])
         self._val_outputs += list(zip(batch["src_text"], batch["tgt_text"], hyps))
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
@@ -125,9 +130,11 @@ class TranslationTask(ZooModule):
         rows, self._val_outputs = self._val_outputs, []
         if not rows:
             return
-        scores = translation_scores([h for _, _, h in rows], [r for _, r, _ in rows])
-        self.log(f"{prefix}/bleu", scores["sacrebleu"], prog_bar=True)
-        self.log(f"{prefix}/bleu_lc", scores["bleu_lc"])
+        # every DDP rank has rows (the data modules' EvalBatchSampler), so all of them sync here
+        for key, name in ((prefix, "bleu"), (f"{prefix}_lc", "bleu_lc")):
+            score = round(float(self.bleu[key].compute()), 2)  # all ranks' sentences; rows: this rank's, for examples
+            self.bleu[key].reset()
+            self.log(f"{prefix}/{name}", score, prog_bar=name == "bleu")
         nll = self.nll[prefix].compute()
         self.nll[prefix].reset()
         self.log(f"{prefix}/loss", nll, prog_bar=True)

@@ -1,0 +1,130 @@
+"""Relative self-attention, forward + backward: skewing against plain causal SDPA and Shaw's L x L x D tensor.
+
+    python benchmarks/bench_relative_attention.py [--lengths 512 1024 2048] [--repeats 5]
+
+Three ways to compute one causal self-attention over 8 heads of 64 channels (batch 1, fp32):
+
+* ``sdpa``: ``scaled_dot_product_attention(is_causal=True)``, no relative positions: the floor;
+* ``skewed``: ``zoo.nn.attention.RelativeSelfAttention`` core (Q Er^T, skewed: O(L D + L^2) memory);
+* ``naive``: Shaw et al.'s formulation, gathering an (L, L, D) tensor of distance embeddings
+  (one table shared by the heads, as Shaw et al. did; per head it would be 8x bigger).
+
+Only the attention itself is timed (the projections are the same for all three). Time: the
+median of ``--repeats`` runs after a warm-up, the three methods interleaved. Peak memory: the
+rise of the process's peak resident set (VmHWM, reset through /proc/self/clear_refs before each
+run) over its resident set before it; it counts everything the run allocated, inputs'
+gradients included. Prints a Markdown table and writes benchmarks/results/relative_attention.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from zoo.nn.attention import causal_mask, naive_relative_attention, skew
+
+try:
+    from benchmarks.bench_translation import machine
+except ImportError:  # run as a script from benchmarks/
+    from bench_translation import machine  # type: ignore[no-redef]
+
+HEADS, HEAD_DIM = 8, 64
+
+
+def _status(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def peak_rise(fn) -> int:
+    """Bytes the peak resident set rose above the resident set while ``fn`` ran."""
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+    before = _status("VmRSS")
+    fn()
+    return _status("VmHWM") - before
+
+
+def make(length: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    shape = (1, HEADS, length, HEAD_DIM)
+    t = {n: torch.randn(*shape, generator=g).requires_grad_() for n in "qkv"}
+    t["rel"] = (torch.randn(1, length, HEAD_DIM, generator=g) * HEAD_DIM**-0.5).requires_grad_()
+    return t
+
+
+def run_sdpa(t: dict[str, torch.Tensor]) -> None:
+    F.scaled_dot_product_attention(t["q"], t["k"], t["v"], is_causal=True).sum().backward()
+
+
+def run_skewed(t: dict[str, torch.Tensor]) -> None:
+    q, k, v, er = t["q"], t["k"], t["v"], t["rel"]
+    length = q.size(2)
+    scores = q @ k.transpose(-2, -1)
+    scores.add_(skew(q @ er.transpose(-2, -1), 0)).mul_(HEAD_DIM**-0.5)
+    scores.add_(torch.zeros(length, length).masked_fill_(~causal_mask(length, length), float("-inf")))
+    (scores.softmax(-1) @ v).sum().backward()
+
+
+def run_naive(t: dict[str, torch.Tensor]) -> None:
+    length = t["q"].size(2)
+    naive_relative_attention(t["q"], t["k"], t["v"], t["rel"], causal_mask(length, length)).sum().backward()
+
+
+METHODS = {"sdpa": run_sdpa, "skewed": run_skewed, "naive": run_naive}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--lengths", type=int, nargs="+", default=[512, 1024, 2048])
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--out", default=str(Path(__file__).parent / "results" / "relative_attention.json"))
+    args = p.parse_args()
+
+    rows = []
+    for length in args.lengths:
+        tensors = {m: make(length) for m in METHODS}
+        times: dict[str, list[float]] = {m: [] for m in METHODS}
+        peaks: dict[str, int] = {}
+        for m, fn in METHODS.items():  # warm-up, and the peak memory of one run
+            peaks[m] = peak_rise(lambda: fn(tensors[m]))
+            for x in tensors[m].values():
+                x.grad = None
+        for _ in range(args.repeats):
+            for m, fn in METHODS.items():
+                start = time.perf_counter()
+                fn(tensors[m])
+                times[m].append(time.perf_counter() - start)
+                for x in tensors[m].values():
+                    x.grad = None
+        row = {"length": length}
+        for m in METHODS:
+            row[m] = {"ms": round(1000 * statistics.median(times[m]), 1),
+                      "min_ms": round(1000 * min(times[m]), 1), "max_ms": round(1000 * max(times[m]), 1),
+                      "peak_mb": round(peaks[m] / 2**20, 1)}
+        row["skewed_over_sdpa"] = round(row["skewed"]["ms"] / row["sdpa"]["ms"], 2)
+        row["naive_over_skewed_memory"] = round(row["naive"]["peak_mb"] / max(row["skewed"]["peak_mb"], 0.1), 1)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+
+    print(f"\n{machine()}, {date.today()}, batch 1, {HEADS} heads x {HEAD_DIM}, fp32, forward + backward\n")
+    print("| L | SDPA causal ms | skewed ms | naive ms | skewed / SDPA | SDPA MB | skewed MB | naive MB |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['length']} | {r['sdpa']['ms']} | {r['skewed']['ms']} | {r['naive']['ms']} | "
+              f"{r['skewed_over_sdpa']} | {r['sdpa']['peak_mb']} | {r['skewed']['peak_mb']} | {r['naive']['peak_mb']} |")
+    Path(args.out).write_text(json.dumps({"machine": machine(), "date": str(date.today()), "heads": HEADS,
+                                          "head_dim": HEAD_DIM, "batch": 1, "dtype": "float32", "rows": rows},
+                                         indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

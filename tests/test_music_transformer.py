@@ -1,0 +1,221 @@
+"""Relative self-attention (skewing, local blocks, caching) and the Music Transformer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import zoo
+from zoo.data.midi import ChoraleTokenizer, EventTokenizer, read_notes
+from zoo.nn.attention import KVCache, RelativeSelfAttention, causal_mask, naive_relative_attention, skew
+from zoo.registry import build_network
+
+
+def local_visible(t: int, block: int) -> torch.Tensor:
+    """Query i sees keys from the start of the block before its own, up to itself."""
+    qpos, kpos = torch.arange(t)[:, None], torch.arange(t)[None, :]
+    return (kpos <= qpos) & (kpos >= (qpos // block - 1) * block)
+
+
+def naive(att: RelativeSelfAttention, x: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+    a = att.attn
+    q, k, v = a._split(a.q_proj(x)), a._split(a.k_proj(x)), a._split(a.v_proj(x))
+    out = naive_relative_attention(q, k, v, att.rel_emb, visible)
+    return a.out_proj(out.transpose(1, 2).reshape(x.size(0), x.size(1), -1))
+
+
+def test_skew_aligns_each_row_by_its_position():
+    # rel[a, k] scores distance k - (S - 1); skewed[a, j] must hold distance j - (past + a)
+    t, past = 3, 2
+    s = t + past
+    rel = torch.arange(s, dtype=torch.float).expand(t, s) - (s - 1)  # each entry: its distance
+    out = skew(rel, past)
+    for a in range(t):
+        for j in range(past + a + 1):  # visible keys
+            assert out[a, j] == j - (past + a)
+
+
+@pytest.mark.parametrize("share", [False, True])
+@pytest.mark.parametrize("block", [0, 4])
+@pytest.mark.parametrize("max_dist", [3, 8, 64])
+def test_skewing_equals_the_naive_tensor_outputs_and_gradients(share, block, max_dist):
+    torch.manual_seed(0)
+    att = RelativeSelfAttention(32, 4, max_dist, share_heads=share, block_len=block).double()
+    x = torch.randn(2, 13, 32, dtype=torch.double, requires_grad=True)
+    visible = local_visible(13, block) if block else causal_mask(13, 13)
+    fast, slow = att(x), naive(att, x, visible)
+    assert (fast - slow).abs().max() < 1e-10
+    g_fast = torch.autograd.grad(fast.square().sum(), [x, att.rel_emb, att.attn.q_proj.weight])
+    g_slow = torch.autograd.grad(slow.square().sum(), [x, att.rel_emb, att.attn.q_proj.weight])
+    for a, b in zip(g_fast, g_slow):
+        assert (a - b).abs().max() < 1e-10
+
+
+def test_float32_matches_naive_within_tolerance():
+    torch.manual_seed(1)
+    att = RelativeSelfAttention(64, 8, 32)
+    x = torch.randn(3, 40, 64)
+    assert (att(x) - naive(att, x, causal_mask(40, 40))).abs().max() < 1e-5
+
+
+def test_relative_embeddings_are_per_head_unless_shared():
+    assert RelativeSelfAttention(32, 4, 10).rel_emb.shape == (4, 10, 8)
+    assert RelativeSelfAttention(32, 4, 10, share_heads=True).rel_emb.shape == (1, 10, 8)
+
+
+@pytest.mark.parametrize("block", [0, 4])
+def test_causal_a_later_position_never_changes_an_earlier_output(block):
+    torch.manual_seed(0)
+    att = RelativeSelfAttention(32, 4, 16, block_len=block)
+    x = torch.randn(1, 12, 32)
+    y = x.clone()
+    y[:, 7:] = torch.randn(1, 5, 32)
+    assert torch.allclose(att(x)[:, :7], att(y)[:, :7], atol=1e-6)
+    assert not torch.allclose(att(x)[:, 7:], att(y)[:, 7:], atol=1e-3)
+
+
+def test_local_attention_forgets_beyond_the_previous_block():
+    torch.manual_seed(0)
+    att = RelativeSelfAttention(32, 4, 16, block_len=4)
+    x = torch.randn(1, 12, 32)
+    y = x.clone()
+    y[:, :4] = 0.0  # block 0: visible to block 1, not to block 2
+    assert torch.allclose(att(x)[:, 8:], att(y)[:, 8:], atol=1e-6)
+    assert not torch.allclose(att(x)[:, 4:8], att(y)[:, 4:8], atol=1e-3)
+
+
+@pytest.mark.parametrize("block", [0, 4])
+def test_cached_decoding_equals_the_full_pass(block):
+    torch.manual_seed(0)
+    att = RelativeSelfAttention(32, 4, 8, block_len=block).eval()
+    x = torch.randn(2, 21, 32)
+    full = att(x)
+    cache, steps = KVCache(), [att(x[:, :6], cache=KVCache())]  # a prompt spanning two blocks
+    cache = KVCache()
+    steps = [att(x[:, :6], cache=cache)]
+    steps += [att(x[:, i : i + 1], cache=cache) for i in range(6, 21)]
+    assert (torch.cat(steps, 1) - full).abs().max() <= 1e-4
+    assert cache.length == 21
+
+
+def test_cache_grows_in_place_with_spare_room():
+    cache = KVCache()
+    k = torch.randn(1, 2, 1, 4)
+    cache.append(k, k)
+    buf = cache._kbuf
+    for _ in range(10):
+        cache.append(k, k)
+    assert cache._kbuf is buf and cache.length == 11  # no reallocation while it fits
+    cache.select(torch.tensor([0, 0]))
+    assert cache.k.shape == (2, 2, 11, 4)
+    cache.append(torch.randn(2, 2, 1, 4), torch.randn(2, 2, 1, 4))
+    assert cache.length == 12
+
+
+@pytest.mark.parametrize("attention,block", [("relative", 0), ("relative", 8), ("absolute", 0)])
+def test_model_steps_equal_the_full_forward(attention, block):
+    torch.manual_seed(0)
+    net = build_network("music_transformer_tiny", vocab_size=50, attention=attention, block_len=block).eval()
+    tokens = torch.randint(3, 50, (2, 30))
+    full = net(tokens)
+    state = net.init_state(2)
+    steps = [net(tokens[:, :5], state)] + [net(tokens[:, i : i + 1], state) for i in range(5, 30)]
+    assert (torch.cat(steps, 1) - full).abs().max() <= 1e-4
+
+
+def test_bad_settings_are_one_line_errors():
+    with pytest.raises(ValueError, match="max_relative_distance must be at least 1"):
+        build_network("music_transformer_tiny", max_relative_distance=0)
+    with pytest.raises(ValueError, match="max_relative_distance must be a whole number"):
+        RelativeSelfAttention(32, 4, -3)
+    with pytest.raises(ValueError, match="attention must be one of"):
+        build_network("music_transformer_tiny", attention="sparse")
+    with pytest.raises(ValueError, match="needs attention='relative'"):
+        build_network("music_transformer_tiny", attention="absolute", block_len=8)
+    with pytest.raises(ValueError, match="not divisible by n_heads"):
+        build_network("music_transformer_tiny", d_model=30)
+
+
+# -- the task: training, generation, MIDI out -----------------------------------------
+def chorale_model(**kw):
+    tok = ChoraleTokenizer()
+    torch.manual_seed(0)
+    model = zoo.create("music_transformer_tiny", vocab_size=tok.vocab_size, pad_id=0, bos_id=1, eos_id=2, **kw)
+    model.tokenizers = (tok, tok)
+    return model.eval()
+
+
+def test_trains_a_few_steps_on_chorales(tmp_path):
+    import lightning as L
+
+    from zoo.data.midi import MIDIDataModule
+
+    grid = [[72 - (i % 4), 67, 64, 48] for i in range(64)]
+    path = tmp_path / "Jsb16thSeparated.json"
+    import json
+
+    path.write_text(json.dumps({s: [grid] * 4 for s in ("train", "valid", "test")}))
+    dm = MIDIDataModule(source="jsb", data_dir=str(tmp_path), encoding="chorale", crop_len=64, batch_size=4)
+    model = zoo.create("music_transformer_tiny", vocab_size=dm.vocab_size, pad_id=0, bos_id=1, eos_id=2, lr=3e-3)
+    trainer = L.Trainer(max_steps=8, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        num_sanity_val_steps=0, val_check_interval=1.0, check_val_every_n_epoch=1)
+    before = trainer.validate(model, dm, verbose=False)[0]["val/loss"]
+    trainer.fit(model, dm)
+    after = trainer.validate(model, dm, verbose=False)[0]["val/loss"]
+    assert after < before - 0.5
+
+
+def test_generation_runs_past_the_training_length_to_a_midi_file_that_reads_back(tmp_path):
+    model = chorale_model(max_len=300)  # trained (here: built) for crops far shorter than 256 events
+    out = model.generate_midi(tmp_path / "piece.mid", max_events=256, stop_at_end=False, seed=0)
+    notes = read_notes(out)
+    assert len(notes) > 0 and (tmp_path / "piece.png").stat().st_size > 1000
+
+
+def test_generate_continues_a_primer_and_is_repeatable():
+    model = chorale_model()
+    primer = ChoraleTokenizer().encode([[72, 67, 64, 48]] * 4)
+    a = model.generate(primer, max_events=20, seed=3, stop_at_end=False)
+    b = model.generate(primer, max_events=20, seed=3, stop_at_end=False)
+    assert a == b and a[:16] == primer and len(a) == 36
+    assert model.tokenizers[1].eos_id not in a  # stop_at_end=False never draws the end
+
+
+def test_performance_model_continues_a_midi_primer(tmp_path):
+    from zoo.data.midi import write_notes
+
+    tok = EventTokenizer()
+    torch.manual_seed(0)
+    model = zoo.create("music_transformer_tiny", vocab_size=tok.vocab_size, pad_id=0, bos_id=1, eos_id=2)
+    model.tokenizers = (tok, tok)
+    primer = write_notes([(60, 0.0, 0.5, 80), (64, 0.5, 1.0, 80)], tmp_path / "primer.mid")
+    ids = model.eval().generate(str(primer), max_events=10, seed=0, stop_at_end=False)
+    assert ids[: len(tok.encode_file(primer))] == tok.encode_file(primer)
+
+
+def test_too_long_primer_is_cut_with_a_warning():
+    model = chorale_model(attention="absolute", max_len=64)
+    with pytest.warns(UserWarning, match="keeping its last 33"):
+        ids = model.generate([10] * 100, max_events=30, stop_at_end=False, seed=0)
+    assert len(ids) == 63
+
+
+def test_bad_generation_input_is_a_one_line_error(tmp_path):
+    model = chorale_model()
+    with pytest.raises(ValueError, match="primer event id 500 is not an event"):
+        model.generate([10, 500])
+    with pytest.raises(ValueError, match="max_events must be a whole number"):
+        model.generate(max_events=0)
+    with pytest.raises(ValueError, match="needs a performance-event model"):
+        model.generate(str(tmp_path / "x.mid"))
+    with pytest.raises(ValueError, match="does not end in .mid"):
+        model.generate_midi(tmp_path / "x.wav")
+
+
+def test_save_and_load_round_trip(tmp_path):
+    model = chorale_model(block_len=8)
+    model.save_pretrained(tmp_path / "m")
+    back = zoo.load(str(tmp_path / "m"))
+    tokens = torch.randint(3, 132, (1, 20))
+    assert torch.equal(back.net(tokens), model.net(tokens))
+    assert back.tokenizers[1].to_str() == ChoraleTokenizer().to_str()

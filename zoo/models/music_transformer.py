@@ -1,0 +1,176 @@
+"""The Music Transformer: a decoder-only Transformer over MIDI events with relative attention.
+
+Huang, Vaswani, Uszkoreit, Shazeer, Simon, Hawthorne, Dai, Hoffman, Dinculescu, Eck.
+"Music Transformer: Generating Music with Long-Term Structure", ICLR 2019 (arXiv 2018).
+
+Each layer's self-attention adds learned relative-position logits (Shaw et al. 2018,
+computed with the paper's memory-linear skewing: ``zoo.nn.attention.RelativeSelfAttention``),
+globally over the whole sequence or locally in blocks. With ``attention="absolute"`` the
+same network uses sinusoidal absolute positions and plain causal attention instead: the
+paper's Transformer baseline, so the comparison is one switch in a config.
+
+Pre-norm residual layers (LayerNorm before each sub-layer, one after the stack), tied
+input and output embeddings. Relative attention has no position table, so it can
+generate past the length it was trained on; the absolute baseline stops at ``max_len``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from zoo.models.base import CausalLM, check_at_least, check_dropout, check_vocab, make_config
+from zoo.models.transformer import FeedForward
+from zoo.nn.attention import KVCache, MultiHeadAttention, RelativeSelfAttention
+from zoo.nn.dropout import Dropout
+from zoo.nn.positional import SinusoidalPositions
+from zoo.registry import ZOO_LICENSE, Pretrained, register_model, register_pretrained
+
+ATTENTION = ("relative", "absolute")
+
+
+@dataclass
+class MusicTransformerConfig:
+    vocab_size: int = 391
+    pad_id: int = 0
+    d_model: int = 256
+    n_heads: int = 8
+    layers: int = 6
+    d_ff: int = 1024
+    dropout: float = 0.1
+    attention_dropout: float = 0.0
+    attention: str = "relative"  # relative | absolute (the baseline: sinusoidal positions)
+    max_relative_distance: int = 1024  # distances with an embedding of their own; farther ones share the last
+    share_relative_heads: bool = False  # one table of distance embeddings for all heads
+    block_len: int = 0  # 0: global attention; else relative local attention in blocks of this length
+    max_len: int = 4096  # absolute: the position table; relative: only bounds sampling
+
+
+class MusicLayer(nn.Module):
+    """x + Attn(LN(x)), then x + FFN(LN(x))."""
+
+    def __init__(self, c: MusicTransformerConfig) -> None:
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(c.d_model), nn.LayerNorm(c.d_model)
+        if c.attention == "relative":
+            self.attn: nn.Module = RelativeSelfAttention(
+                c.d_model, c.n_heads, c.max_relative_distance, c.attention_dropout,
+                share_heads=c.share_relative_heads, block_len=c.block_len,
+            )
+        else:
+            self.attn = MultiHeadAttention(c.d_model, c.n_heads, c.attention_dropout)
+        self.relative = c.attention == "relative"
+        self.ffn = FeedForward(c.d_model, c.d_ff, c.dropout)
+        self.drop = Dropout(c.dropout)
+
+    def forward(self, x: Tensor, cache: KVCache | None = None) -> Tensor:
+        h = self.norm1(x)
+        if self.relative:
+            h = self.attn(h, cache=cache)
+        else:
+            h = self.attn(h, causal=True, cache=cache)[0]
+        x = x + self.drop(h)
+        return x + self.drop(self.ffn(self.norm2(x)))
+
+
+def _check(c: MusicTransformerConfig) -> None:
+    check_vocab(c, "vocab_size")
+    check_at_least(c, "d_model", "n_heads", "layers", "d_ff", "max_len")
+    if c.attention not in ATTENTION:
+        raise ValueError(f"attention must be one of {', '.join(ATTENTION)}, got {c.attention!r}")
+    if c.d_model % c.n_heads:
+        raise ValueError(
+            f"d_model={c.d_model} is not divisible by n_heads={c.n_heads}; each head takes d_model / n_heads "
+            "channels, so pick n_heads among the divisors of d_model"
+        )
+    if c.max_relative_distance < 1:
+        raise ValueError(
+            f"max_relative_distance must be at least 1 (the farthest distance with an embedding of its own), "
+            f"got {c.max_relative_distance}"
+        )
+    if c.block_len < 0:
+        raise ValueError(f"block_len must be 0 (global attention) or a positive block length, got {c.block_len}")
+    if c.block_len and c.attention != "relative":
+        raise ValueError("block_len (local attention) needs attention='relative'; set block_len: 0 for the baseline")
+    check_dropout(c, "dropout", "attention_dropout")
+
+
+class MusicTransformer(CausalLM):
+    def __init__(self, config: MusicTransformerConfig) -> None:
+        super().__init__()
+        _check(config)
+        self.config = c = config
+        self.embed = nn.Embedding(c.vocab_size, c.d_model, padding_idx=c.pad_id)
+        self.positions = SinusoidalPositions(c.d_model, c.max_len) if c.attention == "absolute" else None
+        self.drop = Dropout(c.dropout)
+        self.layers = nn.ModuleList(MusicLayer(c) for _ in range(c.layers))
+        self.norm = nn.LayerNorm(c.d_model)
+        self.out = nn.Linear(c.d_model, c.vocab_size, bias=False)
+        self.reset_parameters()
+        self.out.weight = self.embed.weight
+
+    def reset_parameters(self) -> None:
+        for name, p in self.named_parameters():
+            if p.dim() > 1 and "embed" not in name and "rel_emb" not in name:
+                nn.init.xavier_uniform_(p)
+            elif name.endswith("bias"):
+                nn.init.zeros_(p)
+        nn.init.normal_(self.embed.weight, std=self.config.d_model**-0.5)
+        with torch.no_grad():
+            self.embed.weight[self.config.pad_id].zero_()
+
+    @property
+    def max_positions(self) -> int:
+        # relative attention has no position table: only the sampling bound applies
+        return self.config.max_len
+
+    def _embed(self, tokens: Tensor, offset: int) -> Tensor:
+        x = self.embed(tokens) * math.sqrt(self.config.d_model)
+        if self.positions is not None:
+            x = x + self.positions(tokens.size(1), offset)
+        return self.drop(x)
+
+    def forward(self, tokens: Tensor, state: dict[str, Any] | None = None) -> Tensor:
+        """tokens (B, T) -> logits (B, T, V); with ``state`` (:meth:`init_state`) tokens are the new ones only."""
+        caches = state["layers"] if state is not None else [None] * len(self.layers)
+        offset = caches[0].length if state is not None else 0
+        x = self._embed(tokens, offset)
+        for layer, cache in zip(self.layers, caches):
+            x = layer(x, cache)
+        return self.out(self.norm(x))
+
+    def init_state(self, batch_size: int, device: Any = None) -> dict[str, Any]:
+        return {"layers": [KVCache() for _ in self.layers]}
+
+    def step(self, tokens: Tensor, state: dict[str, Any]) -> Tensor:
+        return self(tokens, state)[:, -1]
+
+
+# --- registered sizes --------------------------------------------------------------
+
+_PAPER = "Huang et al. 2018, Music Transformer"
+
+
+@register_model(task="lm", config=MusicTransformerConfig, paper=_PAPER)
+def music_transformer_tiny(**kw: Any) -> MusicTransformer:
+    """2 layers, C=64, 4 heads: for tests and smoke runs."""
+    defaults = dict(d_model=64, n_heads=4, layers=2, d_ff=128, max_relative_distance=64, max_len=1024)
+    return MusicTransformer(make_config(MusicTransformerConfig, defaults, kw))
+
+
+@register_model(task="lm", config=MusicTransformerConfig, paper=_PAPER)
+def music_transformer_small(**kw: Any) -> MusicTransformer:
+    """4 layers, C=256, 8 heads, FFN 1024, relative attention over 1024 distances."""
+    defaults = dict(layers=4)
+    return MusicTransformer(make_config(MusicTransformerConfig, defaults, kw))
+
+
+@register_model(task="lm", config=MusicTransformerConfig, paper=_PAPER)
+def music_transformer_base(**kw: Any) -> MusicTransformer:
+    """The paper's Piano-e-Competition size: 6 layers, C=512, 8 heads, FFN 2048 (relative, 2048 distances)."""
+    defaults = dict(d_model=512, d_ff=2048, max_relative_distance=2048)
+    return MusicTransformer(make_config(MusicTransformerConfig, defaults, kw))
