@@ -10,7 +10,8 @@ perplexity).
 Writes checkpoints/NAME/ (config.json, model.safetensors, tokenizer.json, README.md), then
 reloads that folder and measures it on the test split with the data settings the run was
 trained with: translation models, sacreBLEU and lowercased BLEU, greedy and beam 4, and the
-teacher-forced perplexity of the references; language models, perplexity; image models,
+teacher-forced perplexity of the references; language models, perplexity (MIDI-event models:
+mean NLL per event of the validation and test pieces); image models,
 bits per dimension of the held-out test images (with, beside it, the per-pixel independent
 baseline, and a PNG of samples: for super-resolution, inputs / samples / targets). It also
 records the figure for the first 100 test items, which the test suite reproduces. Prints
@@ -105,6 +106,17 @@ def measure_lm(stored, dm) -> tuple[dict, dict, dict]:
     return {"ppl": ppl}, reproduce, timing
 
 
+def measure_music(stored, dm) -> tuple[dict, dict, dict]:
+    """Mean NLL per event (nats) of whole validation and test pieces, and of the first 10 validation pieces."""
+    t = time.perf_counter()
+    metrics = {"val_nll": round(stored.mean_nll(dm.val_dataloader()), 4),
+               "test_nll": round(stored.mean_nll(dm.test_dataloader()), 4)}
+    timing = {"nll": round(time.perf_counter() - t, 1)}
+    head = dm._eval_windows("val")[:10]
+    first = stored.mean_nll(dm._collate(head[i : i + 5]) for i in range(0, len(head), 5))
+    return metrics, {"split": "val", "first": 10, "nll": round(first, 4)}, timing
+
+
 def measure_image(stored, dm, out: Path) -> tuple[dict, dict, dict]:
     """Test bits/dim of the stored model, the first 100 test images' figure, baselines and a PNG of samples."""
     import numpy as np
@@ -182,15 +194,21 @@ def main() -> None:
         model.load_state_dict(average_state(paths))
 
     dm_hp = {k: v for k, v in meta["datamodule_hyper_parameters"].items() if not k.startswith("_")}
-    dm = import_path(meta["datamodule_hyper_parameters"]["_class_path"])(**{**dm_hp, "test_limit": None})
+    dm_cls = import_path(meta["datamodule_hyper_parameters"]["_class_path"])
+    is_music = dm_cls.__name__ == "MIDIDataModule"
+    dm = dm_cls(**dm_hp) if is_music else dm_cls(**{**dm_hp, "test_limit": None})
     dm._tokenizers = model.tokenizers
     dm._tokenizer = model.tokenizers[1]
     test_split = f"test ({len(dm.labels('test'))} held-out images)" if is_image else "test_2016_flickr"
+    if is_music:
+        test_split = "the data set's validation and test pieces, whole"
     save_pretrained(model, out, dtype=args.dtype, data={**dm.describe(), "test_split": test_split})
 
     stored = zoo.load(str(out))  # measure what was stored, not what was trained
     if is_image:
         metrics, reproduce, timing = measure_image(stored, dm, out)
+    elif is_music:
+        metrics, reproduce, timing = measure_music(stored, dm)
     else:
         metrics, reproduce, timing = (measure_lm if is_lm else measure_translation)(stored, dm)
 

@@ -596,6 +596,39 @@ def _midi_folder_some_unreadable(c: Ctx) -> Seen:
     return c.warning(lambda: read_folder(songs))
 
 
+# -- the Music Transformer
+def _chorale_model(**kw: Any) -> Any:
+    from zoo.data.midi import ChoraleTokenizer
+
+    tok = ChoraleTokenizer()
+    model = zoo.create("music_transformer_tiny", vocab_size=tok.vocab_size, pad_id=0, bos_id=1, eos_id=2, **kw)
+    model.tokenizers = (tok, tok)
+    return model.eval()
+
+
+def _music_call(method: str, *args: Any, model_kw: dict[str, Any] | None = None, **kw: Any) -> Callable[[Ctx], Seen]:
+    return lambda c: c.api(lambda: getattr(_chorale_model(**(model_kw or {})), method)(*args, **kw))
+
+
+def _music_primer_too_long(c: Ctx) -> Seen:
+    model = _chorale_model(attention="absolute", max_len=64)
+    return c.warning(lambda: model.generate([10] * 100, max_events=30, seed=0))
+
+
+def _music_out_not_midi(c: Ctx) -> Seen:
+    return c.api(lambda: _chorale_model().generate_midi(c.tmp / "piece.wav"))
+
+
+def _music_midi_primer_for_chorales(c: Ctx) -> Seen:
+    return c.api(lambda: _chorale_model().generate(str(c.midi_file("primer.mid"))))
+
+
+def _music_text_model(c: Ctx) -> Seen:
+    model = zoo.create("rnn_lm", vocab_size=c.tok.vocab_size, layers=1, emb_dim=16, hidden_dim=16)
+    model.tokenizers = (c.tok, c.tok)
+    return c.api(lambda: model.generate(max_events=8))
+
+
 # -- images
 def _pixels(shape: tuple[int, ...], value: Any = 0) -> Callable[[Ctx], Seen]:
     def trigger(c: Ctx) -> Seen:
@@ -784,6 +817,16 @@ TRIGGERS: dict[str, Callable[[Ctx], Seen]] = {
     "midi-folder-no-midi": _midi_folder_empty,
     "midi-folder-unreadable": _midi_folder_unreadable,
     "midi-folder-some-unreadable": _midi_folder_some_unreadable,
+    # the Music Transformer
+    "music-max-relative-distance": _create("music_transformer_tiny", max_relative_distance=0),
+    "music-local-absolute": _create("music_transformer_tiny", attention="absolute", block_len=64),
+    "music-primer-out-of-vocab": _music_call("generate", [10, 500]),
+    "music-primer-special": _music_call("generate", [1, 10]),
+    "music-primer-too-long": _music_primer_too_long,
+    "music-max-events": _music_call("generate", max_events=5000),
+    "music-out-not-midi": _music_out_not_midi,
+    "music-midi-primer-for-chorales": _music_midi_primer_for_chorales,
+    "music-text-model": _music_text_model,
     # images
     "image-wrong-size": _pixels((2, 7, 7)),
     "image-wrong-channels": _pixels((2, 8, 8, 3)),

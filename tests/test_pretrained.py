@@ -58,6 +58,19 @@ def test_reproduces_recorded_figure_on_a_fixed_slice(name, request):
         bpd = model.bits_per_dim(images, labels=labels if model.net.config.num_classes else None)
         assert abs(bpd - rep["bpd"]) <= 0.02, f"{name}: {bpd:.4f} bits/dim vs recorded {rep['bpd']}"
         return
+    if config["data"].get("encoding") in ("chorale", "performance"):  # MIDI events: NLL within 0.01
+        from zoo.data.midi import MIDIDataModule
+
+        data = config["data"]
+        limit = rep["first"] if data["source"] == "jsb" else None  # JSB's split is fixed: read only what is needed
+        dm = MIDIDataModule(source=data["source"], encoding=data["encoding"], limit=limit)
+        try:
+            windows = dm._eval_windows(rep["split"])[: rep["first"]]
+        except FileNotFoundError:
+            pytest.skip(f"{data['dataset']} is not available locally (set ZOO_DATA_DIR)")
+        nll = model.mean_nll(dm._collate(windows[i : i + 5]) for i in range(0, len(windows), 5))
+        assert abs(nll - rep["nll"]) <= 0.01, f"{name}: NLL {nll:.4f} vs recorded {rep['nll']}"
+        return
     multi30k = request.getfixturevalue("multi30k")
     if config["task"] == "translation":
         from zoo.data.text import TextDataModule

@@ -78,6 +78,9 @@ class Pretrained:
 MULTI30K_DE_EN = "Multi30k task 1, German->English (29,000 training pairs), joint 8k BPE"
 MULTI30K_EN = "Multi30k task 1, English side (29,000 training captions), 8k BPE"
 ZOO_LICENSE = "MIT (weights); Multi30k: research use"
+JSB_CHORALES = "JSB Chorales (Coconet Jsb16thSeparated: 229/76/77 chorales), S, A, T, B pitches per 16th-note step"
+NOTTINGHAM = "Nottingham folk tunes (969 MIDI files; 80/10/10 split by name, seed 0), performance events"
+MUSIC_LICENSE = "MIT (weights); JSB Chorales and Nottingham: public research sets"
 
 ARCHITECTURES: dict[str, Architecture] = {}
 PRETRAINED: dict[str, Pretrained] = {}

@@ -413,3 +413,17 @@ register_pretrained(
         description="super-resolution 4x4 -> 8x8 (2-layer encoder, local 2D decoder); test 1.352 bits/dim of the 8x8 image",
     )
 )
+
+register_pretrained(
+    Pretrained(
+        name="image_transformer_small.mnist",
+        hub_id="zoo-models/image_transformer_small.mnist",
+        sha256="e2c077b8abb6363194a22335b45918b708bd1a439cd147cc9c5e1083bdbf47dd",
+        params=866_688,
+        metrics={"bpd": 0.8707},
+        recipe="configs/image_transformer_small.mnist.yaml",
+        data="MNIST t10k, 256 grey levels: 8,500 train / 500 val / 1,000 held-out test images",
+        license="MIT (weights); MNIST: CC BY-SA 3.0 (LeCun, Cortes, Burges)",
+        description="unconditional, local 2D attention; held-out test 0.871 bits/dim (per-pixel independent: 1.703)",
+    )
+)

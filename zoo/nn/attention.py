@@ -18,6 +18,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from zoo.nn.dropout import dropout as _dropout
+
+# bf16 / fp16 attention on the CPU is written out (q k^T, softmax, x v) for up to this many
+# query-key pairs: there SDPA's fused CPU kernel took 3-6x longer (issue 7, benchmarks/RESULTS.md)
+WRITTEN_OUT_MAX_PAIRS = 256 * 256
+
 
 @dataclass
 class KVCache:
@@ -75,6 +81,19 @@ def causal_mask(t: int, s: int, device: torch.device | None = None) -> Tensor:
     return k <= q
 
 
+def written_out(q: Tensor, s: int) -> bool:
+    """Whether attention of ``q`` (B, H, T, D) over ``s`` keys runs as three written-out operations.
+
+    True for bf16 / fp16 on the CPU with at most :data:`WRITTEN_OUT_MAX_PAIRS` query-key pairs:
+    there ``scaled_dot_product_attention``'s fused CPU kernel took 3-6x longer than
+    ``softmax(q k^T) v`` written out, forward and backward (issue 7: translation batches of
+    ~200 x 21 tokens, 36.7 ms against 9.5 ms a layer; a decoding step of one query over 37
+    cached keys at batch 64, 1.10 ms against 0.15 ms), and it still was at 1,024 positions.
+    Longer sequences keep the fused kernel, which never holds the (T, S) scores.
+    """
+    return q.device.type == "cpu" and q.dtype in (torch.bfloat16, torch.float16) and q.size(-2) * s <= WRITTEN_OUT_MAX_PAIRS
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head attention with an optional key/value cache.
 
@@ -112,9 +131,9 @@ class MultiHeadAttention(nn.Module):
         k, v = self._split(self.k_proj(memory)), self._split(self.v_proj(memory))
         if cache is None:
             return k, v
-        if cache.static:
-            cache.k, cache.v = k, v
-            return k, v
+        if cache.static:  # contiguous (B, H, S, D): every step's matmuls read them without a copy
+            cache.k, cache.v = k.contiguous(), v.contiguous()
+            return cache.k, cache.v
         return cache.append(k, v)
 
     def forward(
@@ -154,6 +173,7 @@ class MultiHeadAttention(nn.Module):
             mask = cm if mask is None else mask & cm
 
         p = self.dropout if self.training else 0.0
+        weights = None
         if need_weights:
             scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)  # (B, H, T, S)
             if use_is_causal:
@@ -162,8 +182,14 @@ class MultiHeadAttention(nn.Module):
                 scores = scores.masked_fill(~mask, float("-inf"))
             weights = scores.softmax(dim=-1)
             out = F.dropout(weights, p, self.training) @ v
+        elif written_out(q, s):
+            if use_is_causal:
+                mask = causal_mask(t, s, q.device)
+            scores = torch.matmul(q, k.transpose(-2, -1)).mul_(self.head_dim**-0.5)  # (B, H, T, S)
+            if mask is not None:
+                scores = scores.masked_fill_(~mask, float("-inf"))
+            out = _dropout(scores.softmax(dim=-1), p, self.training) @ v
         else:
-            weights = None
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, is_causal=use_is_causal)
         b, _, t, _ = out.shape
         out = out.transpose(1, 2).reshape(b, t, -1)  # (B, T, C)

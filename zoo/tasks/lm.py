@@ -8,8 +8,8 @@ model's ``score``.
 
 from __future__ import annotations
 
+import logging
 import os
-import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -23,6 +23,8 @@ from zoo.models.base import check_token_ids, check_whole
 from zoo.nn.decoding import check_sampling, sample
 from zoo.registry import build_network
 from zoo.tasks.base import ZooModule
+
+log = logging.getLogger(__name__)
 
 
 class CausalLMTask(ZooModule):
@@ -143,6 +145,17 @@ class CausalLMTask(ZooModule):
             raise ValueError(f"tokens {tuple(tokens.shape)} and targets {tuple(targets.shape)} must have the same shape")
         return self.net.score(tokens, targets)
 
+    @torch.no_grad()
+    def mean_nll(self, batches: Any) -> float:
+        """Mean negative log-likelihood per target token (natural log, the end token included)
+        over batches ``{"tokens", "targets"}`` as the data modules make them (padding ignored)."""
+        nll = TokenNLL().to(self.device)
+        self.eval()
+        for batch in batches:
+            tokens, targets = batch["tokens"].to(self.device), batch["targets"].to(self.device)
+            nll.update(self.net.score(tokens, targets), targets.ne(self.hparams.pad_id))
+        return float(nll.compute())
+
     @staticmethod
     def _check_texts(texts: Any, method: str, empty_ok: bool = False) -> None:
         if isinstance(texts, str):
@@ -236,7 +249,7 @@ class CausalLMTask(ZooModule):
         bad = [i for i in ids if not 0 <= i < tok.vocab_size or i in specials]
         if bad:
             raise ValueError(
-                f"primer event id {bad[0]} is not an event of this model's vocabulary (ids {len(tok.specials)}.."
+                f"primer event id {bad[0]} is not an event of this model's vocabulary (ids {max(specials) + 1}.."
                 f"{tok.vocab_size - 1}); encode the primer with the model's tokenizer"
             )
         return ids
@@ -258,7 +271,7 @@ class CausalLMTask(ZooModule):
         Args:
             prompt_events: event ids, or (performance-event models) a MIDI file to continue.
                 A primer that leaves no room for ``max_events`` within the model's length
-                limit keeps only its last part, with a warning.
+                limit keeps only its last part, with a logged warning.
             max_events: new events to draw at most.
             temperature, top_k, top_p: sampling settings (1.0, 0 and 1.0: the model's distribution).
             seed: for a repeatable sample.
@@ -279,8 +292,8 @@ class CausalLMTask(ZooModule):
             raise ValueError(f"max_events={max_events} is more than the model's limit of {limit} events; ask for fewer")
         if len(prompt) + max_events > limit:
             keep = limit - max_events
-            warnings.warn(f"the primer has {len(prompt)} events but only {keep} fit before {max_events} new ones "
-                          f"within the model's {limit}; keeping its last {keep}", stacklevel=2)
+            log.warning(f"the primer has {len(prompt)} events but only {keep} fit before {max_events} new ones "
+                        f"within the model's {limit}; keeping its last {keep}")
             prompt = prompt[len(prompt) - keep :] if keep else []
         gen = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
         self.eval()
