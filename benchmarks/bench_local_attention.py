@@ -50,7 +50,7 @@ def run_case(kind: str, size: int, repeats: int, threads: int) -> dict:
     import torch
 
     from zoo.nn.attention import MultiHeadAttention
-    from zoo.nn.local_attention import Local2DPattern, LocalSelfAttention
+    from zoo.nn.attention import Local2DPattern, LocalSelfAttention
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

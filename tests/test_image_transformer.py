@@ -12,7 +12,7 @@ import torch
 
 import zoo
 from zoo.data.pixels import PixelDataModule
-from zoo.nn.local_attention import Local1DPattern, Local2DPattern, LocalSelfAttention, masked_attention
+from zoo.nn.attention import Local1DPattern, Local2DPattern, LocalSelfAttention, masked_attention
 
 torch.set_num_threads(1)
 

@@ -211,8 +211,22 @@ def _has_omegaconf() -> bool:
 
 # -- our own commands ----------------------------------------------------------------
 def cmd_list(args: argparse.Namespace) -> None:
-    from zoo.registry import get_architecture, get_pretrained, list_models
+    """Print architectures or pretrained names: from zoo/catalogue.json when it is current (no torch import)."""
+    from zoo.registry import get_architecture, get_pretrained, list_models, read_catalogue
 
+    cat = read_catalogue()
+    if cat is not None:
+        import fnmatch
+
+        entries = cat["pretrained" if args.pretrained else "architectures"]
+        for name in sorted(n for n in entries if not args.pattern or fnmatch.fnmatch(n, args.pattern)):
+            e = entries[name]
+            if args.pretrained:
+                metrics = ", ".join(f"{k}={v}" for k, v in e["metrics"].items())
+                print(f"{name:36s} {e['params'] / 1e6:6.1f}M  {metrics}")
+            else:
+                print(f"{name:28s} {e['task']:12s} {e['paper']}")
+        return
     if args.pretrained:
         for name in list_models(args.pattern, pretrained=True):
             p = get_pretrained(name)

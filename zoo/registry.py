@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import hashlib
+import json
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 __all__ = [
@@ -34,6 +37,10 @@ __all__ = [
     "build_network",
     "check_repo_id",
     "check_revision",
+    "CATALOGUE_PATH",
+    "catalogue",
+    "read_catalogue",
+    "write_catalogue",
 ]
 
 
@@ -204,3 +211,76 @@ def list_models(pattern: str | None = None, pretrained: bool = False) -> list[st
 def build_network(arch: str, **kwargs: Any) -> Any:
     """Build the plain ``nn.Module`` of architecture ``arch`` with ``kwargs`` overriding its config."""
     return get_architecture(arch).builder(**kwargs)
+
+
+# -- the catalogue: what `zoo list` prints, without importing torch --------------------------
+# Filling the registry imports every model file, and with them torch (about 1.5 s). `zoo list`
+# reads zoo/catalogue.json instead, generated from the live registry; it carries a digest of
+# the files that register names, and a catalogue whose digest does not match them is not used
+# (`zoo list` then fills the registry as before). tests/test_catalogue.py fails while the
+# committed file is stale.
+
+CATALOGUE_PATH = Path(__file__).resolve().with_name("catalogue.json")
+REFRESH_CATALOGUE = "python -m zoo.registry --write-catalogue"
+
+
+def _registering_files() -> list[Path]:
+    """The files whose contents decide the registry: this one and the model files."""
+    here = Path(__file__).resolve().parent
+    return [here / "registry.py", *sorted((here / "models").glob("*.py"))]
+
+
+def sources_digest() -> str:
+    """sha256 over the names and bytes of :func:`_registering_files` (under a millisecond)."""
+    h = hashlib.sha256()
+    for path in _registering_files():
+        h.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def catalogue() -> dict[str, Any]:
+    """The live registry as plain data: architectures (task, paper), pretrained names (params, metrics)."""
+    _ensure_loaded()
+    return {
+        "refresh": REFRESH_CATALOGUE,
+        "sources_sha256": sources_digest(),
+        "architectures": {n: {"task": a.task, "paper": a.paper} for n, a in sorted(ARCHITECTURES.items())},
+        "pretrained": {n: {"params": p.params, "metrics": dict(p.metrics)} for n, p in sorted(PRETRAINED.items())},
+    }
+
+
+def write_catalogue(path: str | Path = CATALOGUE_PATH) -> Path:
+    """Write :func:`catalogue` to ``path`` (zoo/catalogue.json by default); run it after any registry change."""
+    path = Path(path)
+    path.write_text(json.dumps(catalogue(), indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    return path
+
+
+def read_catalogue(path: str | Path = CATALOGUE_PATH) -> dict[str, Any] | None:
+    """The catalogue at ``path`` if it is there, readable and matches the current sources, else None."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        fresh = data["sources_sha256"] == sources_digest()
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return data if fresh else None
+
+
+def _main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m zoo.registry", description="the catalogue read by `zoo list`")
+    parser.add_argument("--write-catalogue", action="store_true", help=f"regenerate {CATALOGUE_PATH.name}")
+    parser.add_argument("--out", default=str(CATALOGUE_PATH))
+    args = parser.parse_args(argv)
+    if args.write_catalogue:
+        out = write_catalogue(args.out)
+        print(f"wrote {out} ({len(ARCHITECTURES)} architectures, {len(PRETRAINED)} pretrained)")
+    else:
+        print(json.dumps(catalogue(), indent=1, ensure_ascii=False))
+
+
+if __name__ == "__main__":  # run as a script, this file is a second module: use the one the models fill
+    from zoo.registry import _main as _registry_main
+
+    _registry_main()

@@ -4,7 +4,7 @@ Parmar, Vaswani, Uszkoreit, Kaiser, Shazeer, Ku, Tran. "Image Transformer", ICML
 
 An image is a sequence of sub-pixel intensities in raster order, channels interleaved
 (``zoo.data.pixels``); the network predicts each intensity from the earlier ones with a
-stack of self-attention layers whose attention is *local* (``zoo.nn.local_attention``):
+stack of self-attention layers whose attention is *local* (``zoo.nn.attention``):
 
 * ``attention="local_1d"``: blocks of ``block_len`` positions, each seeing itself and
   ``memory_blocks`` blocks before it;
@@ -54,7 +54,7 @@ from zoo.models.base import check_at_least, check_dropout, check_vocab, make_con
 from zoo.models.transformer import EncoderLayer, FeedForward, Residual
 from zoo.nn.attention import KVCache, MultiHeadAttention
 from zoo.nn.dropout import Dropout
-from zoo.nn.local_attention import Local1DPattern, Local2DPattern, LocalPattern, LocalSelfAttention
+from zoo.nn.attention import Local1DPattern, Local2DPattern, LocalPattern, LocalSelfAttention
 from zoo.nn.positional import SinusoidalPositions
 from zoo.registry import Pretrained, register_model, register_pretrained
 

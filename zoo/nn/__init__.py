@@ -1,12 +1,18 @@
 """Pure torch building blocks shared by the models: attention, positions, decoding."""
 
-from zoo.nn.attention import KVCache, MultiHeadAttention, causal_mask
+from zoo.nn.attention import (
+    KVCache, Local1DPattern, Local2DPattern, LocalSelfAttention, MultiHeadAttention, RelativeSelfAttention, causal_mask,
+)
 from zoo.nn.decoding import beam_search, greedy_search, reorder
 from zoo.nn.positional import SinusoidalPositions
 
 __all__ = [
     "KVCache",
     "MultiHeadAttention",
+    "RelativeSelfAttention",
+    "LocalSelfAttention",
+    "Local1DPattern",
+    "Local2DPattern",
     "causal_mask",
     "SinusoidalPositions",
     "greedy_search",

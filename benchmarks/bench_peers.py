@@ -1,7 +1,7 @@
 """zoo's Transformer against the libraries users would pick instead (issue 7): training and decoding.
 
     LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 \
-        python -m benchmarks.peers [--repeats 5] [--steps 4] [--skip-decoding]
+        python -m benchmarks.bench_peers [--repeats 5] [--steps 4] [--skip-decoding]
 
 Every model is the same encoder-decoder: d_model 256, 4 heads, 3+3 layers, FFN 1024,
 shared 8,000-token vocabulary (embeddings shared and tied to the output projection),
@@ -42,6 +42,9 @@ MAX_LEN = 256
 NEW_TOKENS, DECODE_BATCH, BEAM = 40, 64, 4
 TOKENIZER = "transformer_small.multi30k"
 MODELS = ("zoo", "torch.nn.Transformer", "marian", "x-transformers")
+# zoo as it was before issue 7: SDPA's fused kernel for every attention (the ablation of the
+# written-out bf16 path, zoo.nn.attention.written_out); the same network otherwise
+ZOO_SDPA = "zoo (SDPA only)"
 
 
 def autocast(precision: str) -> ContextManager[Any]:
@@ -140,9 +143,18 @@ class XTransformerNet(nn.Module):
         return self.model.decoder.net(tgt_in, context=enc, context_mask=mask)
 
 
+def variant(name: str) -> ContextManager[Any]:
+    """What to run model ``name`` under: for :data:`ZOO_SDPA`, zoo's attention with the written-out path off."""
+    if name != ZOO_SDPA:
+        return nullcontext()
+    from unittest import mock
+
+    return mock.patch("zoo.nn.attention.WRITTEN_OUT_MAX_PAIRS", 0)
+
+
 def build(name: str) -> nn.Module:
-    """A freshly initialised network ``name`` (one of :data:`MODELS`)."""
-    if name == "zoo":
+    """A freshly initialised network ``name`` (one of :data:`MODELS` or :data:`ZOO_SDPA`)."""
+    if name in ("zoo", ZOO_SDPA):
         from zoo.registry import build_network
 
         return build_network("transformer_small", src_vocab_size=VOCAB, tgt_vocab_size=VOCAB, pad_id=PAD,
@@ -228,13 +240,15 @@ def bench_training(models: tuple[str, ...], batches: list[dict[str, Tensor]], re
     opts = {m: torch.optim.AdamW(n.parameters(), lr=1e-5) for m, n in nets.items()}
     for m in models:  # warm-up: the first steps allocate and pick kernels
         for p in precisions:
-            train_rate(nets[m], opts[m], batches[:2], p)
+            with variant(m):
+                train_rate(nets[m], opts[m], batches[:2], p)
     samples: dict[str, dict[str, list[float]]] = {m: {p: [] for p in precisions} for m in models}
     peaks: dict[str, list[float]] = {"bf16": [], "fp32": []}
     for r in range(repeats):
         for p in precisions:
             for m in models:
-                samples[m][p].append(train_rate(nets[m], opts[m], batches, p))
+                with variant(m):
+                    samples[m][p].append(train_rate(nets[m], opts[m], batches, p))
         peaks["bf16"].append(matmul_peak(torch.bfloat16))
         peaks["fp32"].append(matmul_peak(torch.float32))
         print(f"  training repeat {r + 1}/{repeats}: " + ", ".join(
@@ -302,19 +316,20 @@ def marian_decoder(net: MarianNet, beam: int) -> Callable[[Tensor], Tensor]:
     return run
 
 
-def bench_decoding(repeats: int, precisions: tuple[str, ...] = ("bf16", "fp32")) -> dict[str, Any]:
+def bench_decoding(repeats: int, precisions: tuple[str, ...] = ("bf16", "fp32"),
+                   models: tuple[str, ...] = ("zoo", "marian", ZOO_SDPA)) -> dict[str, Any]:
     """Sentences/s of zoo's searches against Marian's ``generate``, greedy and beam 4, interleaved."""
     torch.manual_seed(0)
     src = decode_sources()
-    nets = {"zoo": build("zoo").eval(), "marian": build("marian").eval()}
-    runs = {}
+    nets = {m: build(m).eval() for m in models}
+    runs: dict[tuple[str, int], Callable[[Tensor], Tensor]] = {}
     for beam in (1, BEAM):
-        runs[("zoo", beam)] = zoo_decoder(nets["zoo"], beam)
-        runs[("marian", beam)] = marian_decoder(nets["marian"], beam)  # type: ignore[arg-type]
+        for m in models:
+            runs[(m, beam)] = marian_decoder(nets[m], beam) if m == "marian" else zoo_decoder(nets[m], beam)  # type: ignore[arg-type]
     lengths = {}
     for (m, beam), fn in runs.items():  # warm-up, and the check that the work is equal
         for p in precisions:
-            with autocast(p), torch.no_grad():
+            with autocast(p), torch.no_grad(), variant(m):
                 out = fn(src)
         new = out.size(1) - (1 if m == "marian" else 0)  # generate's output starts with the start token
         lengths[f"{m}/beam{beam}"] = new
@@ -324,11 +339,12 @@ def bench_decoding(repeats: int, precisions: tuple[str, ...] = ("bf16", "fp32"))
     for r in range(repeats):
         for p in precisions:
             for (m, beam), fn in runs.items():
-                with autocast(p), torch.no_grad():
+                with autocast(p), torch.no_grad(), variant(m):
                     start = time.perf_counter()
                     fn(src)
                     samples[f"{m}/beam{beam}/{p}"].append(src.size(0) / (time.perf_counter() - start))
-        print(f"  decoding repeat {r + 1}/{repeats}", flush=True)
+        print(f"  decoding repeat {r + 1}/{repeats}: " + ", ".join(
+            f"{k} {v[-1]:.0f}" for k, v in samples.items() if k.endswith(precisions[0])) + " sent/s", flush=True)
     return {"batch": src.size(0), "source_len": src.size(1), "new_tokens": NEW_TOKENS, "beam": BEAM,
             "tokens_made": lengths, "sent_s": {k: summary(v) for k, v in samples.items()}}
 
