@@ -596,6 +596,14 @@ def _midi_folder_some_unreadable(c: Ctx) -> Seen:
     return c.warning(lambda: read_folder(songs))
 
 
+def _ngram_ddp(c: Ctx) -> Seen:
+    import lightning as L
+
+    model = zoo.create("ngram", vocab_size=c.tok.vocab_size)
+    model.trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp", logger=False)
+    return c.api(lambda: model.setup("fit"))
+
+
 # -- the Music Transformer
 def _chorale_model(**kw: Any) -> Any:
     from zoo.data.midi import ChoraleTokenizer
@@ -817,6 +825,7 @@ TRIGGERS: dict[str, Callable[[Ctx], Seen]] = {
     "midi-folder-no-midi": _midi_folder_empty,
     "midi-folder-unreadable": _midi_folder_unreadable,
     "midi-folder-some-unreadable": _midi_folder_some_unreadable,
+    "ngram-ddp": _ngram_ddp,
     # the Music Transformer
     "music-max-relative-distance": _create("music_transformer_tiny", max_relative_distance=0),
     "music-local-absolute": _create("music_transformer_tiny", attention="absolute", block_len=64),

@@ -123,6 +123,14 @@ class CausalLMTask(ZooModule):
     def on_train_epoch_start(self) -> None:
         self._stream_state = None
 
+    def setup(self, stage: str) -> None:
+        # each process would count its own shard and nothing sums the counts: refuse, don't mislead
+        if stage == "fit" and self.net.counts_only and self.trainer.world_size > 1:
+            raise ValueError(
+                f"a count-based model ({self.hparams.arch}) is trained by counting in one process, but this run has "
+                f"{self.trainer.world_size}; fit it without a distributed strategy (it takes seconds)"
+            )
+
     def configure_optimizers(self) -> Any:
         return None if self.net.counts_only else super().configure_optimizers()
 
