@@ -23,10 +23,13 @@ demo: install
 test: install
 	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(PY) -m pytest -q
 
-bench: install
-	LD_PRELOAD=$(TCMALLOC) $(PY) benchmarks/bench_translation.py
-	LD_PRELOAD=$(TCMALLOC) $(PY) benchmarks/bench_midi.py
-	LD_PRELOAD=$(TCMALLOC) $(PY) benchmarks/bench_local_attention.py
+# the suite of issue 7 (benchmarks/__main__.py): peers (the bench extra), attention, MIDI, start-up; writes RESULTS.md
+bench: install $(VENV)/.bench-installed
+	LD_PRELOAD=$(TCMALLOC) $(PY) -m benchmarks
+
+$(VENV)/.bench-installed: pyproject.toml
+	$(PY) -m pip install -q -e ".[dev,bench]"  # transformers, x-transformers; torch already satisfies them
+	touch $@
 
 clean:
 	rm -rf $(VENV) runs wandb lightning_logs .pytest_cache

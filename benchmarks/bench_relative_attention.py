@@ -5,15 +5,17 @@
 Three ways to compute one causal self-attention over 8 heads of 64 channels (batch 1, fp32):
 
 * ``sdpa``: ``scaled_dot_product_attention(is_causal=True)``, no relative positions: the floor;
-* ``skewed``: ``zoo.nn.attention.RelativeSelfAttention`` core (Q Er^T, skewed: O(L D + L^2) memory);
+* ``skewed``: ``zoo.nn.attention.RelativeSelfAttention`` (Q Er^T, skewed: O(L D + L^2) memory);
 * ``naive``: Shaw et al.'s formulation, gathering an (L, L, D) tensor of distance embeddings
   (one table shared by the heads, as Shaw et al. did; per head it would be 8x bigger).
 
-Only the attention itself is timed (the projections are the same for all three). Time: the
-median of ``--repeats`` runs after a warm-up, the three methods interleaved. Peak memory: the
-rise of the process's peak resident set (VmHWM, reset through /proc/self/clear_refs before each
-run) over its resident set before it; it counts everything the run allocated, inputs'
-gradients included. Prints a Markdown table and writes benchmarks/results/relative_attention.json.
+Only the attention itself is timed (the projections are the same for all three); ``skewed``
+is ``RelativeSelfAttention``'s own code path (queries in chunks of 256 above that length).
+Time: the median of ``--repeats`` runs after a warm-up, the three methods interleaved. Peak
+memory: for each method and length, one run in a fresh process under glibc malloc with a
+64 KiB mmap threshold (so freed tensors leave the resident set): the rise of its peak
+resident set (VmHWM, reset through /proc/self/clear_refs) over the resident set before the
+run; it counts everything the run allocated, the inputs' gradients included. Prints a Markdown table and writes benchmarks/results/relative_attention.json.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from zoo.nn.attention import causal_mask, naive_relative_attention, skew
+from zoo.nn.attention import RelativeSelfAttention, causal_mask, naive_relative_attention
 
 try:
     from benchmarks.bench_translation import machine
@@ -53,11 +55,28 @@ def peak_rise(fn) -> int:
     return _status("VmHWM") - before
 
 
+def peak_in_fresh_process(method: str, length: int) -> int:
+    """:func:`peak_rise` of one run in a new process under glibc malloc with a low mmap threshold,
+    so that every tensor's pages come from and go back to the system (a caching allocator such as
+    tcmalloc keeps freed pages resident, and the peak of a later run would not show)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    env.update(MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
+    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import bench_relative_attention as b; "
+            f"t = b.make({length}); print(b.peak_rise(lambda: b.METHODS[{method!r}](t)))")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return int(out.stdout.split()[-1])
+
+
 def make(length: int, seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     shape = (1, HEADS, length, HEAD_DIM)
     t = {n: torch.randn(*shape, generator=g).requires_grad_() for n in "qkv"}
     t["rel"] = (torch.randn(1, length, HEAD_DIM, generator=g) * HEAD_DIM**-0.5).requires_grad_()
+    t["rel_param"] = torch.nn.Parameter(t["rel"].detach().clone())
     return t
 
 
@@ -66,12 +85,10 @@ def run_sdpa(t: dict[str, torch.Tensor]) -> None:
 
 
 def run_skewed(t: dict[str, torch.Tensor]) -> None:
-    q, k, v, er = t["q"], t["k"], t["v"], t["rel"]
-    length = q.size(2)
-    scores = q @ k.transpose(-2, -1)
-    scores.add_(skew(q @ er.transpose(-2, -1), 0)).mul_(HEAD_DIM**-0.5)
-    scores.add_(torch.zeros(length, length).masked_fill_(~causal_mask(length, length), float("-inf")))
-    (scores.softmax(-1) @ v).sum().backward()
+    q = t["q"]
+    att = RelativeSelfAttention(HEADS * HEAD_DIM, HEADS, q.size(2), share_heads=True)
+    att.rel_emb = t["rel_param"]  # the same table as the naive run's
+    att._global(q, t["k"], t["v"], 0).sum().backward()
 
 
 def run_naive(t: dict[str, torch.Tensor]) -> None:
@@ -94,8 +111,9 @@ def main() -> None:
         tensors = {m: make(length) for m in METHODS}
         times: dict[str, list[float]] = {m: [] for m in METHODS}
         peaks: dict[str, int] = {}
-        for m, fn in METHODS.items():  # warm-up, and the peak memory of one run
-            peaks[m] = peak_rise(lambda: fn(tensors[m]))
+        for m, fn in METHODS.items():  # the peak memory of one run, then a warm-up here
+            peaks[m] = peak_in_fresh_process(m, length)
+            fn(tensors[m])
             for x in tensors[m].values():
                 x.grad = None
         for _ in range(args.repeats):

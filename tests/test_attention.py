@@ -126,3 +126,52 @@ def test_unknown_attention_kind_names_the_allowed_ones():
         source_attention("cosine", 4, 4, 4)
     with pytest.raises(ValueError, match="dot attention needs query_dim == key_dim"):
         source_attention("dot", 4, 8, 4)
+
+
+def test_bf16_written_out_path_matches_sdpa(monkeypatch):
+    """bf16 on the CPU writes attention out (issue 7); it agrees with SDPA's kernel, forward and backward."""
+    import zoo.nn.attention as attention
+
+    mha, q, kv = setup(5)
+    pad = torch.zeros(2, 7, dtype=torch.bool)
+    pad[1, 5:] = True
+    q, kv = q.bfloat16(), kv.bfloat16()
+    mha = mha.bfloat16()
+    assert attention.written_out(q[:, None], 7) and not attention.written_out(q.float()[:, None], 7)
+
+    def run(**kw):
+        x = q.clone().requires_grad_()
+        memory = kv.clone().requires_grad_() if "key_padding_mask" in kw else None
+        out, _ = mha(x, memory, **kw)
+        out.float().square().sum().backward()
+        return out.float(), x.grad.float()
+
+    for kw in (dict(key_padding_mask=pad), dict(causal=True)):
+        written = run(**kw)
+        monkeypatch.setattr(attention, "WRITTEN_OUT_MAX_PAIRS", 0)  # every call through SDPA
+        fused = run(**kw)
+        monkeypatch.undo()
+        for a, b in zip(written, fused):
+            torch.testing.assert_close(a, b, atol=3e-2, rtol=3e-2)
+
+
+def test_static_cache_is_contiguous_and_steps_match_bf16():
+    mha, q, kv = setup(6)
+    mha, q, kv = mha.bfloat16(), q.bfloat16(), kv.bfloat16()
+    full, _ = mha(q, kv)
+    cache = KVCache(static=True)
+    steps = [mha(q[:, i : i + 1], kv, cache=cache)[0] for i in range(q.size(1))]
+    assert cache.k.is_contiguous() and cache.v.is_contiguous()
+    torch.testing.assert_close(torch.cat(steps, 1).float(), full.float(), atol=2e-2, rtol=2e-2)
+
+
+def test_growing_cache_steps_match_full_bf16():
+    """bf16 steps (the written-out path) over a growing cache with spare room equal the full pass."""
+    mha, q, _ = setup(7)
+    mha, q = mha.bfloat16(), q.bfloat16()
+    full, _ = mha(q, causal=True)
+    cache = KVCache()
+    first, _ = mha(q[:, :2], causal=True, cache=cache)  # a prompt of two, then one at a time
+    steps = [first] + [mha(q[:, i : i + 1], causal=True, cache=cache)[0] for i in range(2, q.size(1))]
+    assert cache._kbuf.size(2) > cache.length  # the keys are a strided view of the buffer
+    torch.testing.assert_close(torch.cat(steps, 1).float(), full.float(), atol=2e-2, rtol=2e-2)

@@ -271,6 +271,7 @@ class RelativeSelfAttention(nn.Module):
         self.attn = MultiHeadAttention(d_model, n_heads, dropout, bias)  # the projections and the head split
         self.n_heads, self.head_dim = self.attn.n_heads, self.attn.head_dim
         self.max_relative_distance, self.block_len = max_relative_distance, block_len
+        self.query_chunk = 256  # global attention over longer sequences runs in chunks of this many queries
         # rel_emb[h, m] embeds distance m - (max_relative_distance - 1): the last row is distance 0
         self.rel_emb = nn.Parameter(torch.randn(1 if share_heads else n_heads, max_relative_distance, self.head_dim)
                                     * self.head_dim**-0.5)
@@ -316,7 +317,17 @@ class RelativeSelfAttention(nn.Module):
             kpos = torch.arange(first, s, device=q.device)[None, :]
             visible = (kpos <= qpos) & (kpos >= (qpos // self.block_len - 1) * self.block_len)
             return self._attend(q, k, v, self.relative_logits(q, past - first), visible)
-        return self._attend(q, k, v, self.relative_logits(q, past), causal_mask(t, s, q.device))
+        c = self.query_chunk
+        if t <= c:
+            return self._attend(q, k, v, self.relative_logits(q, past), causal_mask(t, s, q.device))
+        # long sequences: chunks of queries, each against the keys up to its end only, so the
+        # scores above the causal diagonal are mostly never computed (about half the work)
+        outs = []
+        for a in range(0, t, c):
+            qc, end = q[:, :, a : a + c], past + min(a + c, t)
+            outs.append(self._attend(qc, k[:, :, :end], v[:, :, :end], self.relative_logits(qc, past + a),
+                                     causal_mask(qc.size(2), end, q.device)))
+        return torch.cat(outs, dim=2)
 
     def _local(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         """Blocks of n queries against their own and the previous block's 2n keys: O(L n) memory."""
