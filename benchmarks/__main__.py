@@ -265,7 +265,7 @@ def main() -> None:
         quick = args.quick
         scripts = {  # the existing scripts write their own results files; the quick run keeps them out of the way
             # 512 and 1,024 positions: Shaw's naive (L, L, D) tensor takes 4 GB at 1,024 and 16 GB at 2,048
-            "relative_attention": ["benchmarks/bench_relative_attention.py", "--lengths", *(["256"] if quick else ["512", "1024"]),
+            "relative_attention": ["benchmarks/bench_relative_attention.py", "--lengths", *(["256"] if quick else ["512", "1024", "2048"]),
                                    "--repeats", str(min(args.repeats, 3)), *(["--out", os.devnull] if quick else [])],
             "local_attention": ["benchmarks/bench_local_attention.py", "--sizes", *(["16", "32"] if quick else ["32", "64", "128"]),
                                 "--repeats", str(max(args.repeats, 2) if quick else 5)],
