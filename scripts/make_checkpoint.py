@@ -112,8 +112,7 @@ def measure_music(stored, dm) -> tuple[dict, dict, dict]:
     metrics = {"val_nll": round(stored.mean_nll(dm.val_dataloader()), 4),
                "test_nll": round(stored.mean_nll(dm.test_dataloader()), 4)}
     timing = {"nll": round(time.perf_counter() - t, 1)}
-    head = dm._eval_windows("val")[:10]
-    first = stored.mean_nll(dm._collate(head[i : i + 5]) for i in range(0, len(head), 5))
+    first = stored.mean_nll(dm.eval_batches("val", first=10))
     return metrics, {"split": "val", "first": 10, "nll": round(first, 4)}, timing
 
 

@@ -106,9 +106,8 @@ def test_cached_decoding_equals_the_full_pass(block):
     att = RelativeSelfAttention(32, 4, 8, block_len=block).eval()
     x = torch.randn(2, 21, 32)
     full = att(x)
-    cache, steps = KVCache(), [att(x[:, :6], cache=KVCache())]  # a prompt spanning two blocks
     cache = KVCache()
-    steps = [att(x[:, :6], cache=cache)]
+    steps = [att(x[:, :6], cache=cache)]  # a prompt spanning two blocks
     steps += [att(x[:, i : i + 1], cache=cache) for i in range(6, 21)]
     assert (torch.cat(steps, 1) - full).abs().max() <= 1e-4
     assert cache.length == 21

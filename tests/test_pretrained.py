@@ -65,10 +65,10 @@ def test_reproduces_recorded_figure_on_a_fixed_slice(name, request):
         limit = rep["first"] if data["source"] == "jsb" else None  # JSB's split is fixed: read only what is needed
         dm = MIDIDataModule(source=data["source"], encoding=data["encoding"], limit=limit)
         try:
-            windows = dm._eval_windows(rep["split"])[: rep["first"]]
+            batches = dm.eval_batches(rep["split"], first=rep["first"])
         except FileNotFoundError:
             pytest.skip(f"{data['dataset']} is not available locally (set ZOO_DATA_DIR)")
-        nll = model.mean_nll(dm._collate(windows[i : i + 5]) for i in range(0, len(windows), 5))
+        nll = model.mean_nll(batches)
         assert abs(nll - rep["nll"]) <= 0.01, f"{name}: NLL {nll:.4f} vs recorded {rep['nll']}"
         return
     multi30k = request.getfixturevalue("multi30k")

@@ -921,6 +921,11 @@ class MIDIDataModule(SequenceDataModule):
             self.datasets[split] = [s[: m + 1] if m else s for s in seqs]
         return self.datasets[split]
 
+    def eval_batches(self, split: str, first: int | None = None, batch_size: int = 5) -> list[dict[str, Tensor]]:
+        """The first ``first`` whole pieces of ``split`` (all: None) as batches, as evaluation scores them."""
+        windows = self._eval_windows(split)[:first]
+        return [self._collate(windows[i : i + batch_size]) for i in range(0, len(windows), batch_size)]
+
     def setup(self, stage: str | None = None) -> None:
         splits = {"fit": ["train", "val"], "validate": ["val"], "test": ["test"], "predict": ["test"]}
         for split in splits.get(stage or "fit", ["train", "val", "test"]):

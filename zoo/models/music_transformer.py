@@ -82,11 +82,6 @@ def _check(c: MusicTransformerConfig) -> None:
     check_at_least(c, "d_model", "n_heads", "layers", "d_ff", "max_len")
     if c.attention not in ATTENTION:
         raise ValueError(f"attention must be one of {', '.join(ATTENTION)}, got {c.attention!r}")
-    if c.d_model % c.n_heads:
-        raise ValueError(
-            f"d_model={c.d_model} is not divisible by n_heads={c.n_heads}; each head takes d_model / n_heads "
-            "channels, so pick n_heads among the divisors of d_model"
-        )
     if c.max_relative_distance < 1:
         raise ValueError(
             f"max_relative_distance must be at least 1 (the farthest distance with an embedding of its own), "
@@ -122,11 +117,6 @@ class MusicTransformer(CausalLM):
         nn.init.normal_(self.embed.weight, std=self.config.d_model**-0.5)
         with torch.no_grad():
             self.embed.weight[self.config.pad_id].zero_()
-
-    @property
-    def max_positions(self) -> int:
-        # relative attention has no position table: only the sampling bound applies
-        return self.config.max_len
 
     def _embed(self, tokens: Tensor, offset: int) -> Tensor:
         x = self.embed(tokens) * math.sqrt(self.config.d_model)
