@@ -113,7 +113,26 @@ def measure_music(stored, dm) -> tuple[dict, dict, dict]:
                "test_nll": round(stored.mean_nll(dm.test_dataloader()), 4)}
     timing = {"nll": round(time.perf_counter() - t, 1)}
     first = stored.mean_nll(dm.eval_batches("val", first=10))
-    return metrics, {"split": "val", "first": 10, "nll": round(first, 4)}, timing
+    by_position = nll_by_position(stored, dm.eval_batches("val"), (0, 512, 1024))
+    return metrics, {"split": "val", "first": 10, "nll": round(first, 4), "val_nll_by_position": by_position}, timing
+
+
+@torch.no_grad()
+def nll_by_position(stored, batches, edges: tuple[int, ...]) -> dict[str, float]:
+    """Mean NLL of the targets at positions [edges[i], edges[i+1]) of each piece (last: to its end).
+
+    Shows what a model makes of positions and distances longer than its training windows."""
+    total, count = [0.0] * len(edges), [0] * len(edges)
+    stored.eval()
+    for batch in batches:
+        tokens, targets = batch["tokens"], batch["targets"]
+        nll, real = -stored.net.score(tokens, targets).double(), targets.ne(stored.hparams.pad_id)
+        bounds = [*edges, tokens.shape[1]]
+        for i, (a, b) in enumerate(zip(bounds, bounds[1:])):
+            total[i] += float((nll[:, a:b] * real[:, a:b]).sum())
+            count[i] += int(real[:, a:b].sum())
+    names = [f"{a}-{b - 1}" for a, b in zip(edges, edges[1:])] + [f"{edges[-1]}+"]
+    return {n: round(t / c, 4) for n, t, c in zip(names, total, count) if c}
 
 
 def measure_image(stored, dm, out: Path) -> tuple[dict, dict, dict]:
@@ -165,6 +184,8 @@ def main() -> None:
     p.add_argument("--card", default=None,
                    help="Markdown file with more of the card's body (default: the '## NAME' section of MODEL_CARDS.md)")
     p.add_argument("--out", default=None, help="folder (default checkpoints/NAME)")
+    p.add_argument("--recipe", default=None,
+                   help="the config that trained it, last stage of several (default configs/NAME.yaml)")
     p.add_argument("--card-only", action="store_true",
                    help="only rewrite the folder's README.md card from its config.json and MODEL_CARDS.md")
     args = p.parse_args()
@@ -212,11 +233,12 @@ def main() -> None:
         metrics, reproduce, timing = (measure_lm if is_lm else measure_translation)(stored, dm)
 
     config = read_config(out)
-    recipe = Path("configs") / f"{args.name}.yaml"
+    recipe = Path(args.recipe or Path("configs") / f"{args.name}.yaml")
     config.update(name=args.name, description=args.description, metrics=metrics, reproduce=reproduce,
                   averaged=[p.name for p in paths])
-    if "baselines" in reproduce:  # image models: what the model is measured against, beside its metrics
-        config["baselines"] = reproduce.pop("baselines")
+    for key in ("baselines", "val_nll_by_position"):  # beside the metrics: baselines, diagnostics
+        if key in reproduce:
+            config[key] = reproduce.pop(key)
     if recipe.exists():
         config["recipe"] = str(recipe)
     body = Path(args.card).read_text(encoding="utf-8") if args.card else model_cards_section(args.name)
@@ -226,6 +248,7 @@ def main() -> None:
     digest = hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest()
     print(json.dumps({"folder": str(out), "size_mb": round(size / 1e6, 2), "num_params": config["num_params"],
                       "metrics": metrics, "reproduce": reproduce, "baselines": config.get("baselines"),
+                      "val_nll_by_position": config.get("val_nll_by_position"),
                       "seconds": timing, "sha256": digest}, indent=2))
     print("register it with sha256=" + repr(digest))
 
