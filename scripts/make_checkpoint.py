@@ -246,10 +246,10 @@ def main() -> None:
     _write_text(out / CARD, write_card(config, body=body))
     size = sum(f.stat().st_size for f in out.iterdir())
     digest = hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest()
+    extra = {k: config[k] for k in ("baselines", "val_nll_by_position") if k in config}
     print(json.dumps({"folder": str(out), "size_mb": round(size / 1e6, 2), "num_params": config["num_params"],
-                      "metrics": metrics, "reproduce": reproduce, "baselines": config.get("baselines"),
-                      "val_nll_by_position": config.get("val_nll_by_position"),
-                      "seconds": timing, "sha256": digest}, indent=2))
+                      "metrics": metrics, "reproduce": reproduce, **extra, "seconds": timing, "sha256": digest},
+                     indent=2))
     print("register it with sha256=" + repr(digest))
 
 
