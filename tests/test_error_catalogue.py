@@ -411,6 +411,10 @@ def _unknown_optimizer(c: Ctx) -> Seen:
     return c.api(lambda: zoo.create("transformer_tiny", optimizer="sgd").configure_optimizers())
 
 
+def _unknown_lr_schedule(c: Ctx) -> Seen:
+    return c.api(lambda: zoo.create("transformer_tiny", lr_schedule="linear").configure_optimizers())
+
+
 # -- inputs to translation models
 def _translate(**kw: Any) -> Callable[[Ctx], Seen]:
     sentences = kw.pop("sentences", ["Ein Mann fährt Fahrrad."])
@@ -774,6 +778,7 @@ TRIGGERS: dict[str, Callable[[Ctx], Seen]] = {
     "unknown-attention": _create("seq2seq_luong", attention="cosine"),
     "val-beam-zero": _create("transformer_tiny", val_beam_size=0),
     "unknown-optimizer": _unknown_optimizer,
+    "unknown-lr-schedule": _unknown_lr_schedule,
     # training data
     "train-file-missing": _fit_missing_train_file,
     "train-file-not-utf8": _fit_train_not_utf8,
@@ -849,6 +854,7 @@ TRIGGERS: dict[str, Callable[[Ctx], Seen]] = {
     "mnist-corrupt": _mnist_corrupt,
     "image-blocks-do-not-tile": _create("image_transformer_tiny", query_height=3),
     "image-unknown-attention": _create("image_transformer_tiny", attention="global"),
+    "image-unknown-output": _create("image_transformer_tiny", output="logistic"),
     "image-model-wrong-size": _image_call("bits_per_dim", np.zeros((2, 7, 7), dtype=np.uint8), labels=[0, 1]),
     "image-model-wrong-channels": _image_call("bits_per_dim", np.zeros((2, 8, 8, 3), dtype=np.uint8), labels=[0, 1]),
     "image-label-out-of-range": _image_call("generate", labels=[1, 12]),

@@ -121,12 +121,19 @@ def inputs(model, b=2, seed=0):
 
 
 CASES = [("local_1d", "unconditional"), ("local_2d", "class_conditional"), ("full", "unconditional"),
-         ("local_2d", "super_resolution")]
+         ("local_2d", "super_resolution"), ("local_2d", "dmol")]
+
+
+def case(attention: str, pixel_task: str, **kw):
+    """``pixel_task="dmol"``: the unconditional model with the mixture-of-logistics output."""
+    if pixel_task == "dmol":
+        return tiny(attention, "unconditional", output="dmol", mixtures=3, **kw)
+    return tiny(attention, pixel_task, **kw)
 
 
 @pytest.mark.parametrize("attention,pixel_task", CASES)
 def test_changing_a_later_pixel_never_changes_an_earlier_output(attention, pixel_task):
-    model = tiny(attention, pixel_task)
+    model = case(attention, pixel_task)
     tokens, _, labels, src = inputs(model)
     with torch.no_grad():
         before = model(tokens, labels, src)
@@ -140,7 +147,7 @@ def test_changing_a_later_pixel_never_changes_an_earlier_output(attention, pixel
 
 @pytest.mark.parametrize("attention,pixel_task", CASES)
 def test_cached_generation_equals_the_full_forward(attention, pixel_task):
-    model = tiny(attention, pixel_task, positions="sinusoidal" if attention == "local_1d" else "learned")
+    model = case(attention, pixel_task, positions="sinusoidal" if attention == "local_1d" else "learned")
     tokens, _, labels, src = inputs(model)
     with torch.no_grad():
         full = model(tokens, labels, src)
@@ -157,6 +164,20 @@ def test_score_is_the_log_softmax_over_intensities():
     assert model(tokens).shape == (2, 64, 17)  # a softmax over the 17 levels, not the 19 tokens
 
 
+def test_dmol_output_is_a_distribution_over_the_levels_scored_at_the_targets():
+    model = tiny(output="dmol", mixtures=3)
+    assert model.net.out_proj.out_features == 9  # (weight, mean, log scale) per component
+    tokens, targets, _, _ = inputs(model)
+    with torch.no_grad():
+        logp = model(tokens)
+    assert logp.shape == (2, 64, 17) and (logp.exp().sum(-1) - 1).abs().max() < 1e-5
+    torch.testing.assert_close(model.score(tokens, targets), logp.gather(-1, targets[..., None]).squeeze(-1))
+    with pytest.raises(ValueError, match="unknown output 'logistic'; choose one of softmax, dmol"):
+        tiny(output="logistic")
+    with pytest.raises(ValueError, match="mixtures"):
+        tiny(output="dmol", mixtures=0)
+
+
 # -- training through Lightning -------------------------------------------------------
 def digits(task: str) -> PixelDataModule:
     return PixelDataModule(source="digits", task=task, batch_size=16, eval_batch_size=32,
@@ -169,12 +190,15 @@ def linked(dm: PixelDataModule) -> dict:
     return {n: getattr(dm, n) for n in names}
 
 
-@pytest.mark.parametrize("task,attention", [("unconditional", "local_1d"), ("class_conditional", "local_2d"),
-                                            ("super_resolution", "local_2d")])
-def test_each_task_trains_a_few_steps(task, attention, tmp_path):
+@pytest.mark.parametrize("task,attention,output", [("unconditional", "local_1d", "softmax"),
+                                                   ("class_conditional", "local_2d", "softmax"),
+                                                   ("super_resolution", "local_2d", "softmax"),
+                                                   ("unconditional", "local_2d", "dmol")])
+def test_each_task_trains_a_few_steps(task, attention, output, tmp_path):
     torch.manual_seed(0)
     dm = digits(task)
-    model = zoo.create("image_transformer_tiny", attention=attention, lr=3e-3, val_samples=0, **linked(dm))
+    model = zoo.create("image_transformer_tiny", attention=attention, output=output, lr=3e-3, val_samples=0,
+                       **linked(dm))
     trainer = L.Trainer(max_steps=6, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=1,
                         default_root_dir=tmp_path)

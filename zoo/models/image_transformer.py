@@ -31,9 +31,14 @@ their own row/column/channel encodings; every decoder layer adds cross-attention
 Layers are pre-norm by default (LayerNorm before each sub-layer, one at the end), which
 trains stably without a long warm-up; ``pre_norm=False`` gives the paper's post-norm.
 
-Outputs. The softmax is over the ``levels`` intensities only (the start and padding
+Outputs. The distribution is over the ``levels`` intensities only (the start and padding
 tokens are inputs, never predicted), so the log-likelihood, and bits per dimension
-(``nll / ln 2`` per sub-pixel), are those of a distribution over intensities.
+(``nll / ln 2`` per sub-pixel), are those of a distribution over intensities. It is either
+``output="softmax"``, one logit per intensity (the paper's categorical output, and the
+default), or ``output="dmol"``, a discretized mixture of ``mixtures`` logistics
+(``zoo.nn.logistic``; the paper's other output, from PixelCNN++), which shares probability
+between neighbouring intensities. Both give the network's ``forward`` and ``step`` as
+(log-)scores over the intensities, so sampling and scoring read them the same way.
 
 Incremental generation: ``init_state(batch_size, labels=..., src=...)`` then
 ``step(tokens (B, 1), state) -> logits (B, levels)``, one position at a time, with each
@@ -52,6 +57,7 @@ from torch import Tensor, nn
 
 from zoo.models.base import check_at_least, check_dropout, check_vocab, make_config
 from zoo.models.transformer import EncoderLayer, FeedForward, Residual
+from zoo.nn import logistic
 from zoo.nn.attention import KVCache, MultiHeadAttention
 from zoo.nn.dropout import Dropout
 from zoo.nn.attention import Local1DPattern, Local2DPattern, LocalPattern, LocalSelfAttention
@@ -60,6 +66,7 @@ from zoo.registry import Pretrained, register_model, register_pretrained
 
 ATTENTION = ("local_1d", "local_2d", "full")
 POSITIONS = ("learned", "sinusoidal")
+OUTPUTS = ("softmax", "dmol")
 
 
 @dataclass
@@ -90,6 +97,8 @@ class ImageTransformerConfig:
     mem_side: int = 4  # local_2d: memory columns left and right of it
     positions: str = "learned"  # learned | sinusoidal
     pre_norm: bool = True
+    output: str = "softmax"  # softmax (one logit per level) | dmol (discretized mixture of logistics)
+    mixtures: int = 10  # dmol: logistic components
 
 
 def _check(c: ImageTransformerConfig) -> None:
@@ -97,6 +106,9 @@ def _check(c: ImageTransformerConfig) -> None:
         raise ValueError(f"unknown attention {c.attention!r}; choose one of {', '.join(ATTENTION)}")
     if c.positions not in POSITIONS:
         raise ValueError(f"unknown positions {c.positions!r}; choose one of {', '.join(POSITIONS)}")
+    if c.output not in OUTPUTS:
+        raise ValueError(f"unknown output {c.output!r}; choose one of {', '.join(OUTPUTS)}")
+    check_at_least(c, "mixtures")
     check_at_least(c, "levels", minimum=2)
     check_vocab(c, "vocab_size")
     if c.vocab_size < c.levels + 1 or not (c.levels <= c.bos_id < c.vocab_size) or c.bos_id == c.pad_id:
@@ -203,7 +215,7 @@ class ImageTransformer(nn.Module):
         self.drop = Dropout(c.dropout)
         self.decoder = nn.ModuleList(ImageDecoderLayer(c, pattern) for _ in range(c.layers))
         self.dec_norm = nn.LayerNorm(c.d_model) if c.pre_norm else nn.Identity()
-        self.out_proj = nn.Linear(c.d_model, c.levels)
+        self.out_proj = nn.Linear(c.d_model, c.levels if c.output == "softmax" else logistic.num_params(c.mixtures))
         if c.src_height:
             self.src_positions = ImagePositions(c.src_height, c.src_width, c.channels, c.d_model, c.positions)
             self.encoder = nn.ModuleList(EncoderLayer(c) for _ in range(c.encoder_layers))  # type: ignore[arg-type]
@@ -302,18 +314,29 @@ class ImageTransformer(nn.Module):
             x = x + self.class_embed(labels)[:, None, :]
         return self.drop(x)
 
-    def forward(self, tokens: Tensor, labels: Tensor | None = None, src: Tensor | None = None) -> Tensor:
-        """Teacher forcing: tokens (B, T) = <s> + pixels[:-1] -> logits (B, T, levels)."""
+    def _head(self, h: Tensor) -> Tensor:
+        """Final states (..., C) -> scores over the intensities (..., levels): logits, or dmol log-probabilities."""
+        out = self.out_proj(h)
+        return out if self.config.output == "softmax" else logistic.log_probs(out, self.config.levels)
+
+    def hidden(self, tokens: Tensor, labels: Tensor | None = None, src: Tensor | None = None) -> Tensor:
+        """Teacher forcing: tokens (B, T) = <s> + pixels[:-1] -> final states (B, T, C)."""
         memory = self.encode(src)
         x = self._embed(tokens, 0, labels)
         for layer in self.decoder:
             x = layer(x, memory)
-        return self.out_proj(self.dec_norm(x))
+        return self.dec_norm(x)
+
+    def forward(self, tokens: Tensor, labels: Tensor | None = None, src: Tensor | None = None) -> Tensor:
+        """Teacher forcing: tokens (B, T) = <s> + pixels[:-1] -> scores (B, T, levels)."""
+        return self._head(self.hidden(tokens, labels, src))
 
     def score(self, tokens: Tensor, targets: Tensor, labels: Tensor | None = None, src: Tensor | None = None) -> Tensor:
-        """log P(targets[b, t] | earlier pixels) as (B, T), in nats."""
-        logits = self(tokens, labels, src)
-        return logits.float().log_softmax(-1).gather(-1, targets[..., None]).squeeze(-1)
+        """log P(targets[b, t] | earlier pixels) as (B, T), in nats (dmol: the targets' bins only)."""
+        out = self.out_proj(self.hidden(tokens, labels, src))
+        if self.config.output == "dmol":
+            return logistic.log_probs(out, self.config.levels, targets)
+        return out.float().log_softmax(-1).gather(-1, targets[..., None]).squeeze(-1)
 
     # -- incremental generation -------------------------------------------------------
     def init_state(
@@ -329,13 +352,13 @@ class ImageTransformer(nn.Module):
         return {"layers": caches, "memory": self.encode(src), "labels": labels, "length": 0}
 
     def step(self, tokens: Tensor, state: dict[str, Any]) -> Tensor:
-        """The next token(s) (B, n) after ``state["length"]`` -> logits (B, levels) for the position after them."""
+        """The next token(s) (B, n) after ``state["length"]`` -> scores (B, levels) for the position after them."""
         offset = state["length"]
         x = self._embed(tokens, offset, state["labels"])
         for layer, cache in zip(self.decoder, state["layers"]):
             x = layer(x, state["memory"], cache)
         state["length"] = offset + tokens.size(1)
-        return self.out_proj(self.dec_norm(x[:, -1]))
+        return self._head(self.dec_norm(x[:, -1]))
 
 
 # --- registered sizes --------------------------------------------------------------

@@ -21,6 +21,18 @@ def inverse_sqrt(step: int, warmup: int) -> float:
     return min(step / warmup, math.sqrt(warmup / step))
 
 
+def cosine(step: int, warmup: int, total: int, floor: float = 0.0) -> float:
+    """Linear warm-up, then half a cosine from the peak down to ``floor`` x peak at ``total`` steps."""
+    step = max(step, 1)
+    if step < warmup:
+        return step / warmup
+    done = min((step - warmup) / max(total - warmup, 1), 1.0)
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * done))
+
+
+LR_SCHEDULES = ("inverse_sqrt", "cosine")
+
+
 class ZooModule(L.LightningModule):
     """Base of the zoo's tasks.
 
@@ -163,11 +175,19 @@ class ZooModule(L.LightningModule):
     OPTIMIZERS = ("adamw", "nag")
 
     def configure_optimizers(self) -> Any:
-        """AdamW (or Nesterov SGD), with warm-up then 1/sqrt decay, or cut on a plateau."""
+        """AdamW (or Nesterov SGD), with warm-up then 1/sqrt or cosine decay, or cut on a plateau.
+
+        The cosine schedule reaches its floor at the run's last step as Lightning estimates it
+        (``max_steps``, else ``max_epochs`` x batches an epoch), so a resumed run with the same
+        settings continues the same curve.
+        """
         hp = self.hparams
         name = hp.get("optimizer", "adamw")
         if name not in self.OPTIMIZERS:
             raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(self.OPTIMIZERS)}")
+        schedule = hp.get("lr_schedule", "inverse_sqrt")
+        if schedule not in LR_SCHEDULES:
+            raise ValueError(f"unknown lr_schedule {schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
         decay, no_decay = [], []
         for pname, p in self.named_parameters():
             if p.requires_grad:
@@ -180,6 +200,14 @@ class ZooModule(L.LightningModule):
         if hp.get("lr_plateau_factor", 0.0) > 0:
             sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=hp.lr_plateau_factor, patience=0, min_lr=1e-5)
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val/loss", "interval": "epoch"}}
+        if schedule == "cosine":
+            total = self.trainer.estimated_stepping_batches
+            if not math.isfinite(total):
+                raise ValueError("lr_schedule 'cosine' needs a finite run: set trainer.max_steps or trainer.max_epochs")
+            floor = hp.get("min_lr_ratio", 0.0)
+            warmup = max(hp.warmup_steps, 1)
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine(s + 1, warmup, int(total), floor))
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
         if hp.warmup_steps <= 0:
             return opt
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: inverse_sqrt(s + 1, hp.warmup_steps))

@@ -47,6 +47,8 @@ class ImageTask(ZooModule):
         pixel_task: ``unconditional``, ``class_conditional`` or ``super_resolution``.
         lr, warmup_steps, betas, eps, weight_decay, optimizer, momentum: AdamW (or Nesterov
             SGD) with linear warm-up then inverse square root decay (``warmup_steps=0``: constant).
+        lr_schedule, min_lr_ratio: ``"inverse_sqrt"`` (above) or ``"cosine"``: after the
+            warm-up, half a cosine down to ``min_lr_ratio`` x lr at the run's last step.
         label_smoothing: training loss only; evaluation is the exact NLL.
         val_samples: images sampled at the end of each validation epoch and logged to W&B
             when a WandbLogger is attached (0: none).
@@ -76,6 +78,8 @@ class ImageTask(ZooModule):
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 0.0,
+        lr_schedule: str = "inverse_sqrt",
+        min_lr_ratio: float = 0.0,
         optimizer: str = "adamw",
         momentum: float = 0.99,
         label_smoothing: float = 0.0,
@@ -128,9 +132,12 @@ class ImageTask(ZooModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         labels, src = self._conditions(batch)
         targets = batch["targets"]
-        logits = self.net(batch["tokens"], labels, src)
-        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(),
-                               label_smoothing=self.hparams.label_smoothing)
+        if self.hparams.label_smoothing:
+            logits = self.net(batch["tokens"], labels, src)
+            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(),
+                                   label_smoothing=self.hparams.label_smoothing)
+        else:  # the targets' log-probabilities only (a dmol output never builds all levels' masses)
+            loss = -self.net.score(batch["tokens"], targets, labels, src).mean()
         self.log("train/loss", loss, prog_bar=True, batch_size=targets.numel())
         self.log("train/bpd", loss / LN2, batch_size=targets.numel())
         return loss

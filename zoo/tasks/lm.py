@@ -36,6 +36,8 @@ class CausalLMTask(ZooModule):
         vocab_size, pad_id: linked from the data module by the CLI.
         lr, warmup_steps, betas, eps, weight_decay: AdamW with linear warm-up then inverse
             square root decay (``warmup_steps=0``: constant); unused by count-based models.
+        lr_schedule, min_lr_ratio: ``"inverse_sqrt"`` (above) or ``"cosine"``: after the
+            warm-up, half a cosine down to ``min_lr_ratio`` x lr at the run's last step.
         label_smoothing: for neural models' training loss only; evaluation is exact NLL.
         init_from: a pretrained name or folder to start from (fine-tuning).
         log_samples: for MIDI models, draw a sample of this many events at the end of each
@@ -58,6 +60,8 @@ class CausalLMTask(ZooModule):
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 0.0,
+        lr_schedule: str = "inverse_sqrt",
+        min_lr_ratio: float = 0.0,
         label_smoothing: float = 0.0,
         init_from: str | None = None,
         log_samples: int = 0,

@@ -30,6 +30,8 @@ class TranslationTask(ZooModule):
         src_vocab_size, tgt_vocab_size, pad_id: linked from the data module by the CLI.
         lr: peak learning rate (after warm-up); warmup_steps: linear warm-up, then
             inverse square root decay (0: constant).
+        lr_schedule, min_lr_ratio: ``"inverse_sqrt"`` (above) or ``"cosine"``: after the
+            warm-up, half a cosine down to ``min_lr_ratio`` x lr at the run's last step.
         betas, eps, weight_decay: AdamW settings (paper: 0.9, 0.98, 1e-9).
         optimizer: ``"adamw"`` or ``"nag"``: SGD with Nesterov momentum ``momentum``
             (ConvS2S's recipe: lr 0.25, momentum 0.99, gradient norm clipped at 0.1).
@@ -59,6 +61,8 @@ class TranslationTask(ZooModule):
         betas: tuple[float, float] = (0.9, 0.98),
         eps: float = 1e-9,
         weight_decay: float = 0.0,
+        lr_schedule: str = "inverse_sqrt",
+        min_lr_ratio: float = 0.0,
         optimizer: str = "adamw",
         momentum: float = 0.99,
         lr_plateau_factor: float = 0.0,
