@@ -185,14 +185,14 @@ register_pretrained(
     Pretrained(
         name="music_transformer_small.jsb",
         hub_id="zoo-models/music_transformer_small.jsb",
-        sha256="5fb7f8d77a509e5f027af8b21dad23ee430f0ba2572ad6c84b714653629de772",
+        sha256="1f51bb44c49f410b68bfbf010172ebf81bab8db4d038bec15f4054d8cc2c1670",
         params=4_241_920,
-        metrics={"val_nll": 0.5136, "test_nll": 0.5316},
-        recipe="configs/music_transformer_small.jsb.yaml",
+        metrics={"val_nll": 0.3878, "test_nll": 0.399},
+        recipe="configs/music_transformer_small.jsb.stage2.yaml",
         data=JSB_CHORALES,
         license=MUSIC_LICENSE,
         description="Music Transformer (global relative attention) on JSB Chorales in the paper's S/A/T/B "
-                    "serialisation; validation NLL 0.5136 per token (absolute baseline 1.8093, 5-gram 1.0123)",
+                    "serialisation; validation NLL 0.3878 per token (absolute baseline 1.8093, 5-gram 1.0123)",
     )
 )
 
