@@ -204,11 +204,11 @@ class ZooModule(L.LightningModule):
             total = self.trainer.estimated_stepping_batches
             if not math.isfinite(total):
                 raise ValueError("lr_schedule 'cosine' needs a finite run: set trainer.max_steps or trainer.max_epochs")
-            floor = hp.get("min_lr_ratio", 0.0)
-            warmup = max(hp.warmup_steps, 1)
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine(s + 1, warmup, int(total), floor))
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-        if hp.warmup_steps <= 0:
+            warmup, floor = max(hp.warmup_steps, 1), hp.get("min_lr_ratio", 0.0)
+            factor = lambda s: cosine(s + 1, warmup, int(total), floor)  # noqa: E731
+        elif hp.warmup_steps > 0:
+            factor = lambda s: inverse_sqrt(s + 1, hp.warmup_steps)  # noqa: E731
+        else:
             return opt
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: inverse_sqrt(s + 1, hp.warmup_steps))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
