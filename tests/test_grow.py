@@ -1,0 +1,85 @@
+"""Growing depth (zoo.grow): the grown network computes what the source did, and trains on."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+
+import zoo
+from zoo.data.midi import ChoraleTokenizer
+from zoo.data.pixels import PixelDataModule
+from zoo.grow import grow, grow_state, layer_stack, main, max_difference
+
+
+def saved_chorale_model(folder):
+    tok = ChoraleTokenizer()
+    torch.manual_seed(0)
+    model = zoo.create("music_transformer_tiny", vocab_size=tok.vocab_size, pad_id=0, bos_id=1, eos_id=2)
+    model.tokenizers = (tok, tok)
+    for p in model.net.parameters():  # trained-looking weights: no zero biases that would hide a mistake
+        p.data.add_(0.05 * torch.randn_like(p))
+    model.save_pretrained(folder)
+    return model.eval()
+
+
+def saved_image_model(folder, pixel_task):
+    dm = PixelDataModule(source="digits", levels=17, task=pixel_task, batch_size=8, train_limit=32)
+    shape = dict(src_height=4, src_width=4) if pixel_task == "super_resolution" else {}
+    torch.manual_seed(0)
+    model = zoo.create("image_transformer_tiny", pixel_task=pixel_task, num_classes=10, **shape)
+    model.tokenizers = dm.tokenizers
+    for p in model.net.parameters():
+        p.data.add_(0.05 * torch.randn_like(p))
+    model.save_pretrained(folder)
+    return model, dm
+
+
+def test_grown_music_transformer_computes_the_same_and_names_its_copies(tmp_path):
+    source = saved_chorale_model(tmp_path / "m")
+    small, big = grow(str(tmp_path / "m"), 6)
+    assert big.net.config.layers == 6 and big.hparams.arch_args["layers"] == 6
+    assert max_difference(small.net, big.net) < 1e-5
+    tokens = torch.randint(3, 132, (2, 40))
+    torch.testing.assert_close(big.net(tokens), source.net(tokens), atol=1e-5, rtol=0)
+    state = big.net.state_dict()
+    # layer 1 of the source is layers 3, 4, 5; only the copies' branch outputs are zero
+    assert torch.equal(state["layers.3.attn.rel_emb"], source.net.state_dict()["layers.1.attn.rel_emb"])
+    assert torch.equal(state["layers.4.attn.attn.q_proj.weight"], state["layers.3.attn.attn.q_proj.weight"])
+    assert state["layers.3.ffn.3.weight"].abs().sum() > 0
+    for k in ("layers.4.ffn.3.weight", "layers.5.ffn.3.bias", "layers.4.attn.attn.out_proj.weight"):
+        assert state[k].abs().sum() == 0, k
+
+
+@pytest.mark.parametrize("pixel_task", ["class_conditional", "super_resolution"])
+def test_grown_image_transformer_computes_the_same_and_trains(tmp_path, pixel_task):
+    saved_image_model(tmp_path / "i", pixel_task)
+    small, big = grow(str(tmp_path / "i"), 4)
+    assert layer_stack(big.net) == "decoder" and len(big.net.decoder) == 4
+    if pixel_task == "super_resolution":  # the encoder keeps its depth
+        assert len(big.net.encoder) == len(small.net.encoder) == 1
+    assert max_difference(small.net, big.net) < 1e-5
+    # the zeroed maps get gradients at once, so the copies learn from the first step
+    big.save_pretrained(tmp_path / "big")
+    model = zoo.load(str(tmp_path / "big"))
+    model.train()
+    dm = saved_image_model(tmp_path / "again", pixel_task)[1]
+    before = model.net.decoder[1].ffn[3].weight.detach().clone()
+    L.Trainer(max_steps=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+              enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0).fit(model, dm)
+    assert not torch.equal(model.net.decoder[1].ffn[3].weight, before)
+
+
+def test_bad_growth_is_one_clear_line(tmp_path, capsys):
+    saved_chorale_model(tmp_path / "m")
+    state = zoo.load(str(tmp_path / "m")).net.state_dict()
+    with pytest.raises(ValueError, match="multiple of the source's 2 layers"):
+        grow_state(state, "layers", 2, 3)
+    with pytest.raises(SystemExit, match="zoo.grow: --layers must be a multiple of the source's 2 layers and larger, got 2"):
+        main([str(tmp_path / "m"), "--layers", "2", "--out", str(tmp_path / "out")])
+    with pytest.raises(SystemExit, match="zoo.grow: .*no_such_folder"):
+        main([str(tmp_path / "no_such_folder"), "--layers", "4", "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+    main([str(tmp_path / "m"), "--layers", "4", "--out", str(tmp_path / "out")])
+    assert "2 -> 4 layers" in capsys.readouterr().out
+    assert zoo.load(str(tmp_path / "out")).net.config.layers == 4

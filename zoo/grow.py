@@ -1,0 +1,122 @@
+"""Deepen a pre-norm checkpoint without changing what it computes, to train on from there.
+
+    python -m zoo.grow checkpoints/image_transformer_small.mnist --layers 8 \
+        --out runs/image_transformer_small.mnist.deep/grown
+
+Each layer of the source is followed by ``factor - 1`` copies of itself (``--layers`` must
+be a multiple of the source's depth) whose residual branches end in zeros: the output
+projection of the attention and the second linear map of the feed-forward network are
+zeroed, weights and biases. In a pre-norm network a layer whose branches add zero is the
+identity, so the grown model gives the same outputs as the source (checked before writing,
+to 1e-5), while its copies start from trained attention and feed-forward weights rather
+than random ones; gradients reach the zeroed maps at once and the copies learn from the
+first step. This is the "stacking" way of growing depth (Gong et al. 2019, Net2Net's
+identity layers for Transformers).
+
+Writes a Hub-layout folder that ``zoo fit --model.init_args.init_from OUT`` continues.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+import zoo
+from zoo.hub import save_pretrained
+
+# the last linear map of each residual branch, by its name inside a layer
+BRANCH_OUTPUTS = re.compile(r"(^|\.)(out_proj|ffn\.3)\.(weight|bias)$")
+
+
+def layer_stack(net: nn.Module) -> str:
+    """The attribute name of the network's stack of ``config.layers`` residual layers (the decoder's, if it has an encoder too)."""
+    depth = getattr(getattr(net, "config", None), "layers", None)
+    names = [n for n, m in net.named_children() if isinstance(m, nn.ModuleList) and len(m) == depth]
+    names = [n for n in names if n != "encoder"] if len(names) > 1 else names
+    if len(names) != 1:
+        raise ValueError(f"{type(net).__name__} has no single stack of config.layers layers to grow (found {names or 'none'})")
+    if not getattr(net.config, "pre_norm", True):
+        raise ValueError("only pre-norm networks can be grown exactly: a post-norm layer with a zero branch is not the identity")
+    return names[0]
+
+
+def grow_state(state: dict[str, torch.Tensor], stack: str, old: int, new: int) -> dict[str, torch.Tensor]:
+    """The state dict of the ``new``-layer network: layer i of the source becomes layers
+    i*f .. i*f+f-1 (f = new // old), the copies with their branch outputs zeroed."""
+    if new % old or new <= old:
+        raise ValueError(f"--layers must be a multiple of the source's {old} layers and larger, got {new}")
+    factor = new // old
+    prefix = re.compile(rf"^{re.escape(stack)}\.(\d+)\.(.+)$")
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        m = prefix.match(key)
+        if m is None:
+            out[key] = value.clone()
+            continue
+        i, rest = int(m.group(1)), m.group(2)
+        for j in range(factor):
+            copy = value.clone()
+            if j and BRANCH_OUTPUTS.search(rest):
+                copy.zero_()
+            out[f"{stack}.{i * factor + j}.{rest}"] = copy
+    return out
+
+
+def grow(source: str, layers: int) -> Any:
+    """The source checkpoint as a LightningModule of ``layers`` layers computing the same function."""
+    small = zoo.load(source)
+    stack = layer_stack(small.net)
+    hparams = dict(small.hparams)
+    hparams["arch_args"] = {**dict(hparams.get("arch_args") or {}), "layers": layers}
+    hparams.pop("init_from", None)
+    big = type(small)(**hparams)
+    big.net.load_state_dict(grow_state(small.net.state_dict(), stack, small.net.config.layers, layers), strict=True)
+    big.tokenizers = small.tokenizers
+    big.data_description = getattr(small, "pretrained_config", {}).get("data")
+    return small, big.eval()
+
+
+def example_inputs(net: nn.Module, batch: int = 2, length: int = 256) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Random tokens (and labels or low-resolution images, if the network reads them) to compare outputs on."""
+    c = net.config
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, getattr(c, "levels", None) or c.vocab_size, (batch, min(net.max_positions, length)), generator=g)
+    kw: dict[str, Any] = {}
+    if getattr(c, "num_classes", 0):
+        kw["labels"] = torch.randint(0, c.num_classes, (batch,), generator=g)
+    if getattr(c, "src_height", 0):
+        kw["src"] = torch.randint(0, c.levels, (batch, c.src_height * c.src_width * c.channels), generator=g)
+    return tokens, kw
+
+
+@torch.no_grad()
+def max_difference(small: nn.Module, big: nn.Module) -> float:
+    """Largest absolute difference of two networks' outputs on the same random input."""
+    tokens, kw = example_inputs(small)
+    return float((small(tokens, **kw) - big(tokens, **kw)).abs().max())
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m zoo.grow", description=__doc__.split("\n\n")[0])
+    parser.add_argument("source", help="a checkpoint folder or a registered name")
+    parser.add_argument("--layers", type=int, required=True, help="depth of the grown network (a multiple of the source's)")
+    parser.add_argument("--out", required=True, help="folder to write the grown checkpoint to (Hub layout)")
+    args = parser.parse_args(argv)
+    try:
+        small, big = grow(args.source, args.layers)
+    except (ValueError, FileNotFoundError, KeyError) as err:
+        raise SystemExit(f"zoo.grow: {err}") from None
+    diff = max_difference(small.net, big.net)
+    if diff > 1e-5:
+        raise SystemExit(f"zoo.grow: the grown network differs from the source by {diff:.2e}; nothing written")
+    save_pretrained(big, Path(args.out), card=f"Grown from {args.source} to {args.layers} layers by `python -m zoo.grow`.")
+    print(f"wrote {args.out}: {small.net.config.layers} -> {args.layers} layers, outputs equal within {diff:.1e}")
+
+
+if __name__ == "__main__":
+    main()
