@@ -415,6 +415,14 @@ def _unknown_lr_schedule(c: Ctx) -> Seen:
     return c.api(lambda: zoo.create("transformer_tiny", lr_schedule="linear").configure_optimizers())
 
 
+def _min_lr_ratio_out_of_range(c: Ctx) -> Seen:
+    return c.api(lambda: zoo.create("transformer_tiny", lr_schedule="cosine", min_lr_ratio=1.5).configure_optimizers())
+
+
+def _cosine_with_plateau(c: Ctx) -> Seen:
+    return c.api(lambda: zoo.create("transformer_tiny", lr_schedule="cosine", lr_plateau_factor=0.1).configure_optimizers())
+
+
 # -- inputs to translation models
 def _translate(**kw: Any) -> Callable[[Ctx], Seen]:
     sentences = kw.pop("sentences", ["Ein Mann fährt Fahrrad."])
@@ -779,6 +787,8 @@ TRIGGERS: dict[str, Callable[[Ctx], Seen]] = {
     "val-beam-zero": _create("transformer_tiny", val_beam_size=0),
     "unknown-optimizer": _unknown_optimizer,
     "unknown-lr-schedule": _unknown_lr_schedule,
+    "min-lr-ratio-range": _min_lr_ratio_out_of_range,
+    "cosine-with-plateau": _cosine_with_plateau,
     # training data
     "train-file-missing": _fit_missing_train_file,
     "train-file-not-utf8": _fit_train_not_utf8,

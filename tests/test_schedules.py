@@ -52,3 +52,10 @@ def test_a_cosine_run_ends_at_its_floor_on_its_last_step(tmp_path):
 def test_an_unknown_schedule_is_refused_in_one_line(tmp_path):
     with pytest.raises(ValueError, match="unknown lr_schedule 'linear'; choose one of inverse_sqrt, cosine"):
         lr_trace(tmp_path, lr_schedule="linear")
+
+
+def test_a_floor_outside_0_1_and_cosine_with_plateau_cuts_are_refused_in_one_line(tmp_path):
+    with pytest.raises(ValueError, match="min_lr_ratio is the cosine's floor as a fraction of lr, between 0 and 1; got 1.5"):
+        lr_trace(tmp_path, lr_schedule="cosine", min_lr_ratio=1.5)
+    with pytest.raises(ValueError, match="lr_schedule 'cosine' and lr_plateau_factor > 0 are two schedules"):
+        zoo.create("transformer_tiny", lr_schedule="cosine", lr_plateau_factor=0.1).configure_optimizers()

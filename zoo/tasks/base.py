@@ -188,6 +188,12 @@ class ZooModule(L.LightningModule):
         schedule = hp.get("lr_schedule", "inverse_sqrt")
         if schedule not in LR_SCHEDULES:
             raise ValueError(f"unknown lr_schedule {schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
+        floor = hp.get("min_lr_ratio", 0.0)
+        if not 0.0 <= floor <= 1.0:
+            raise ValueError(f"min_lr_ratio is the cosine's floor as a fraction of lr, between 0 and 1; got {floor}")
+        if schedule == "cosine" and hp.get("lr_plateau_factor", 0.0) > 0:
+            raise ValueError("lr_schedule 'cosine' and lr_plateau_factor > 0 are two schedules; set lr_plateau_factor: 0 "
+                             "for the cosine, or lr_schedule: inverse_sqrt for the plateau cuts")
         decay, no_decay = [], []
         for pname, p in self.named_parameters():
             if p.requires_grad:
@@ -204,7 +210,7 @@ class ZooModule(L.LightningModule):
             total = self.trainer.estimated_stepping_batches
             if not math.isfinite(total):
                 raise ValueError("lr_schedule 'cosine' needs a finite run: set trainer.max_steps or trainer.max_epochs")
-            warmup, floor = max(hp.warmup_steps, 1), hp.get("min_lr_ratio", 0.0)
+            warmup = max(hp.warmup_steps, 1)
             factor = lambda s: cosine(s + 1, warmup, int(total), floor)  # noqa: E731
         elif hp.warmup_steps > 0:
             factor = lambda s: inverse_sqrt(s + 1, hp.warmup_steps)  # noqa: E731

@@ -37,7 +37,7 @@ class TranslationTask(ZooModule):
             (ConvS2S's recipe: lr 0.25, momentum 0.99, gradient norm clipped at 0.1).
         lr_plateau_factor: when > 0, multiply the learning rate by this factor after each
             validation that does not improve the validation loss (ConvS2S: 0.1); the warm-up
-            schedule is then not used.
+            schedule is then not used (and `lr_schedule="cosine"` is refused: two schedules).
         label_smoothing: epsilon_ls of the paper (0.1).
         init_from: a pretrained name, folder or Hub id to start from (fine-tuning); its
             architecture and config are used, ``arch_args`` may still override e.g. dropout.
