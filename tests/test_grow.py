@@ -83,3 +83,19 @@ def test_bad_growth_is_one_clear_line(tmp_path, capsys):
     main([str(tmp_path / "m"), "--layers", "4", "--out", str(tmp_path / "out")])
     assert "2 -> 4 layers" in capsys.readouterr().out
     assert zoo.load(str(tmp_path / "out")).net.config.layers == 4
+
+
+def test_a_setting_with_a_zero_table_grows_and_one_that_changes_shapes_is_refused(tmp_path):
+    saved_chorale_model(tmp_path / "m")
+    small, big = grow(str(tmp_path / "m"), changes={"relative_pitch": 12})
+    assert big.net.config.relative_pitch == 12 and big.net.layers[0].attn.pitch_emb.abs().sum() == 0
+    assert max_difference(small.net, big.net) < 1e-5
+    with pytest.raises(ValueError, match="changes shape .* only settings that add parameters can be grown"):
+        grow(str(tmp_path / "m"), changes={"d_ff": 256})
+    with pytest.raises(SystemExit, match="zoo.grow: nothing to grow"):
+        main([str(tmp_path / "m"), "--out", str(tmp_path / "out")])
+    with pytest.raises(SystemExit, match="zoo.grow: --set takes NAME=VALUE, got 'relative_pitch'"):
+        main([str(tmp_path / "m"), "--set", "relative_pitch", "--out", str(tmp_path / "out")])
+    with pytest.raises(SystemExit, match="zoo.grow: the grown network differs from the source by .*; nothing written"):
+        main([str(tmp_path / "m"), "--set", "block_len=8", "--out", str(tmp_path / "out")])  # local attention: another function
+    assert not (tmp_path / "out").exists()

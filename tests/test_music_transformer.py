@@ -113,6 +113,85 @@ def test_cached_decoding_equals_the_full_pass(block):
     assert cache.length == 21
 
 
+# -- relative pitch ---------------------------------------------------------------------
+def random_pitches(b: int, t: int, seed: int = 0) -> torch.Tensor:
+    """Pitches 40..80 with some positions that are no pitch (-1), as rests and specials are."""
+    g = torch.Generator().manual_seed(seed)
+    p = torch.randint(40, 81, (b, t), generator=g)
+    return torch.where(torch.rand(b, t, generator=g) < 0.2, -1, p)
+
+
+def with_pitch_table(att: RelativeSelfAttention) -> RelativeSelfAttention:
+    with torch.no_grad():  # the table starts at zero; give it values so the test means something
+        att.pitch_emb.normal_()
+    return att
+
+
+@pytest.mark.parametrize("share", [False, True])
+@pytest.mark.parametrize("interval", [2, 12])
+def test_relative_pitch_equals_the_naive_tensor_outputs_and_gradients(share, interval):
+    torch.manual_seed(0)
+    att = with_pitch_table(RelativeSelfAttention(32, 4, 8, share_heads=share, relative_pitch=interval).double())
+    x = torch.randn(2, 13, 32, dtype=torch.double, requires_grad=True)
+    pitches = random_pitches(2, 13)
+    a = att.attn
+    q, k, v = a._split(a.q_proj(x)), a._split(a.k_proj(x)), a._split(a.v_proj(x))
+    slow = naive_relative_attention(q, k, v, att.rel_emb, causal_mask(13, 13), att.pitch_emb, pitches)
+    slow = a.out_proj(slow.transpose(1, 2).reshape(2, 13, -1))
+    att.query_chunk = 5  # the chunked path, as long pieces take it
+    fast = att(x, pitches=pitches)
+    assert (fast - slow).abs().max() < 1e-10
+    params = [x, att.rel_emb, att.pitch_emb]
+    for g_fast, g_slow in zip(torch.autograd.grad(fast.square().sum(), params), torch.autograd.grad(slow.square().sum(), params)):
+        assert (g_fast - g_slow).abs().max() < 1e-10
+    without = RelativeSelfAttention(32, 4, 8, share_heads=share).double()
+    without.load_state_dict({k: v for k, v in att.state_dict().items() if k != "pitch_emb"})
+    assert (att(x, pitches=pitches) - without(x)).abs().max() > 1e-3  # the table is used
+    with torch.no_grad():
+        att.pitch_emb.zero_()  # and a zero table is exactly the model without it
+    assert (att(x, pitches=pitches) - without(x)).abs().max() < 1e-12
+
+
+def test_relative_pitch_depends_on_intervals_only():
+    torch.manual_seed(0)
+    att = with_pitch_table(RelativeSelfAttention(32, 4, 8, relative_pitch=12)).eval()
+    x = torch.randn(1, 10, 32)
+    pitches = random_pitches(1, 10)
+    up = torch.where(pitches >= 0, pitches + 5, -1)  # every pitch a fourth higher
+    assert (att(x, pitches=pitches) - att(x, pitches=up)).abs().max() < 1e-6
+    other = pitches.clone()
+    other[0, pitches[0] >= 0] = 60  # other intervals
+    assert (att(x, pitches=pitches) - att(x, pitches=other)).abs().max() > 1e-3
+
+
+def test_relative_pitch_cached_decoding_equals_the_full_pass():
+    torch.manual_seed(0)
+    net = build_network("music_transformer_tiny", vocab_size=132, relative_pitch=12).eval()
+    for layer in net.layers:
+        with_pitch_table(layer.attn)
+    tokens = torch.randint(3, 132, (2, 30))
+    full = net(tokens)
+    state = net.init_state(2)
+    steps = [net(tokens[:, :5], state)] + [net(tokens[:, i : i + 1], state) for i in range(5, 30)]
+    assert (torch.cat(steps, 1) - full).abs().max() <= 1e-4
+    assert state["pitches"].shape == (2, 30)
+    rests = tokens.clone()
+    rests[:, 10] = 3  # REST: no pitch, its row changes
+    assert (net(rests)[:, 12] - full[:, 12]).abs().max() > 1e-4
+
+
+def test_relative_pitch_bad_settings_are_one_line_errors():
+    with pytest.raises(ValueError, match="relative_pitch must be 0 .* with global relative attention"):
+        build_network("music_transformer_tiny", vocab_size=132, relative_pitch=12, block_len=8)
+    with pytest.raises(ValueError, match="relative_pitch must be 0"):
+        build_network("music_transformer_tiny", vocab_size=132, relative_pitch=-1)
+    att = RelativeSelfAttention(32, 4, 8, relative_pitch=4)
+    with pytest.raises(ValueError, match="this attention has relative pitch: give pitches"):
+        att(torch.randn(1, 5, 32))
+    with pytest.raises(ValueError, match=r"pitches must be \(B, S\) = \(1, 5\)"):
+        att(torch.randn(1, 5, 32), pitches=torch.zeros(1, 4, dtype=torch.long))
+
+
 def test_cache_grows_in_place_with_spare_room():
     cache = KVCache()
     k = torch.randn(1, 2, 1, 4)

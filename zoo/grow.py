@@ -1,24 +1,34 @@
-"""Deepen a pre-norm checkpoint without changing what it computes, to train on from there.
+"""Grow a checkpoint without changing what it computes, to train on from there.
 
     python -m zoo.grow checkpoints/image_transformer_small.mnist --layers 8 \
         --out runs/image_transformer_small.mnist.deep/grown
+    python -m zoo.grow checkpoints/music_transformer_small.jsb --set relative_pitch=24 \
+        --out runs/music_transformer_small.jsb.pitch/grown
 
-Each layer of the source is followed by ``factor - 1`` copies of itself (``--layers`` must
-be a multiple of the source's depth) whose residual branches end in zeros: the output
-projection of the attention and the second linear map of the feed-forward network are
-zeroed, weights and biases. In a pre-norm network a layer whose branches add zero is the
-identity, so the grown model gives the same outputs as the source (checked before writing,
-to 1e-5), while its copies start from trained attention and feed-forward weights rather
-than random ones; gradients reach the zeroed maps at once and the copies learn from the
-first step. This is the "stacking" way of growing depth (Gong et al. 2019, Net2Net's
-identity layers for Transformers).
+Depth (``--layers``, pre-norm networks): each layer of the source is followed by
+``factor - 1`` copies of itself (``--layers`` must be a multiple of the source's depth)
+whose residual branches end in zeros: the output projection of the attention and the second
+linear map of the feed-forward network are zeroed, weights and biases. In a pre-norm network
+a layer whose branches add zero is the identity, so the grown model gives the same outputs
+as the source, while its copies start from trained attention and feed-forward weights
+rather than random ones; gradients reach the zeroed maps at once and the copies learn from
+the first step. This is the "stacking" way of growing depth (Gong et al. 2019; Net2Net's
+identity layers, for Transformers).
 
-Writes a Hub-layout folder that ``zoo fit --model.init_args.init_from OUT`` continues.
+New parts (``--set NAME=VALUE``, architecture settings that add parameters which start at
+zero, such as the Music Transformer's ``relative_pitch`` table): the source's tensors are
+copied, the new ones keep their initial values.
+
+Either way the grown network's outputs are compared with the source's on random input
+before anything is written (to 1e-5): a setting whose new parameters would change the
+function is refused. Writes a Hub-layout folder that
+``zoo fit --model.init_args.init_from OUT`` continues.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -67,18 +77,42 @@ def grow_state(state: dict[str, torch.Tensor], stack: str, old: int, new: int) -
     return out
 
 
-def grow(source: str, layers: int) -> Any:
-    """The source checkpoint as a LightningModule of ``layers`` layers computing the same function."""
+def grow(source: str, layers: int | None = None, changes: dict[str, Any] | None = None) -> Any:
+    """The source checkpoint and its grown LightningModule (``layers`` deep, ``changes`` to its
+    architecture settings), the new network holding every tensor of the source."""
     small = zoo.load(source)
-    stack = layer_stack(small.net)
+    old = dict(small.net.state_dict())
+    if layers is not None:
+        old = grow_state(old, layer_stack(small.net), small.net.config.layers, layers)
+    args = dict(changes or {}) | ({"layers": layers} if layers is not None else {})
+    if not args:
+        raise ValueError("nothing to grow: give --layers or --set NAME=VALUE")
     hparams = dict(small.hparams)
-    hparams["arch_args"] = {**dict(hparams.get("arch_args") or {}), "layers": layers}
+    hparams["arch_args"] = {**dict(hparams.get("arch_args") or {}), **args}
     hparams.pop("init_from", None)
     big = type(small)(**hparams)
-    big.net.load_state_dict(grow_state(small.net.state_dict(), stack, small.net.config.layers, layers), strict=True)
+    state = big.net.state_dict()
+    unknown = sorted(set(old) - set(state))
+    if unknown:
+        raise ValueError(f"the grown network has no place for {', '.join(unknown[:3])}; only settings that add parameters can be grown")
+    for key, value in old.items():
+        if state[key].shape != value.shape:
+            raise ValueError(f"{key} changes shape {tuple(value.shape)} -> {tuple(state[key].shape)}; only settings that add parameters can be grown")
+    big.net.load_state_dict({**state, **old}, strict=True)
     big.tokenizers = small.tokenizers
     big.data_description = getattr(small, "pretrained_config", {}).get("data")
     return small, big.eval()
+
+
+def parse_setting(text: str) -> tuple[str, Any]:
+    """``NAME=VALUE`` with VALUE read as JSON where it parses (numbers, true/false), else as a string."""
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise ValueError(f"--set takes NAME=VALUE, got {text!r}")
+    try:
+        return name, json.loads(value)
+    except ValueError:
+        return name, value
 
 
 def example_inputs(net: nn.Module, batch: int = 2, length: int = 256) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -104,18 +138,21 @@ def max_difference(small: nn.Module, big: nn.Module) -> float:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m zoo.grow", description=__doc__.split("\n\n")[0])
     parser.add_argument("source", help="a checkpoint folder or a registered name")
-    parser.add_argument("--layers", type=int, required=True, help="depth of the grown network (a multiple of the source's)")
+    parser.add_argument("--layers", type=int, help="depth of the grown network (a multiple of the source's)")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="an architecture setting that adds parameters starting at zero, e.g. relative_pitch=24")
     parser.add_argument("--out", required=True, help="folder to write the grown checkpoint to (Hub layout)")
     args = parser.parse_args(argv)
     try:
-        small, big = grow(args.source, args.layers)
-    except (ValueError, FileNotFoundError, KeyError) as err:
+        small, big = grow(args.source, args.layers, dict(parse_setting(t) for t in args.set))
+    except (ValueError, TypeError, FileNotFoundError, KeyError) as err:
         raise SystemExit(f"zoo.grow: {err}") from None
     diff = max_difference(small.net, big.net)
     if diff > 1e-5:
         raise SystemExit(f"zoo.grow: the grown network differs from the source by {diff:.2e}; nothing written")
-    save_pretrained(big, Path(args.out), card=f"Grown from {args.source} to {args.layers} layers by `python -m zoo.grow`.")
-    print(f"wrote {args.out}: {small.net.config.layers} -> {args.layers} layers, outputs equal within {diff:.1e}")
+    what = ", ".join([f"{small.net.config.layers} -> {args.layers} layers"] * (args.layers is not None) + args.set)
+    save_pretrained(big, Path(args.out), card=f"Grown from {args.source} ({what}) by `python -m zoo.grow`.")
+    print(f"wrote {args.out}: {what}, outputs equal within {diff:.1e}")
 
 
 if __name__ == "__main__":

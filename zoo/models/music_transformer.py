@@ -9,6 +9,10 @@ globally over the whole sequence or locally in blocks. With ``attention="absolut
 same network uses sinusoidal absolute positions and plain causal attention instead: the
 paper's Transformer baseline, so the comparison is one switch in a config.
 
+With ``relative_pitch`` (chorale ids), each score also depends on the interval between the
+two positions' pitches, the paper's "relative pitch" for JSB Chorales (positions are
+already time steps on that grid, so relative time is the relative position).
+
 Pre-norm residual layers (LayerNorm before each sub-layer, one after the stack), tied
 input and output embeddings. Relative attention has no position table, so it can
 generate past the length it was trained on; the absolute baseline stops at ``max_len``.
@@ -47,6 +51,8 @@ class MusicTransformerConfig:
     max_relative_distance: int = 1024  # distances with an embedding of their own; farther ones share the last
     share_relative_heads: bool = False  # one table of distance embeddings for all heads
     block_len: int = 0  # 0: global attention; else relative local attention in blocks of this length
+    relative_pitch: int = 0  # > 0: relative pitch as well, intervals up to this many semitones (chorale ids)
+    pitch_offset: int = 4  # relative pitch: id pitch_offset + p is MIDI pitch p; lower ids are no pitch
     max_len: int = 4096  # absolute: the position table; relative: only bounds sampling
 
 
@@ -59,7 +65,7 @@ class MusicLayer(nn.Module):
         if c.attention == "relative":
             self.attn: nn.Module = RelativeSelfAttention(
                 c.d_model, c.n_heads, c.max_relative_distance, c.attention_dropout,
-                share_heads=c.share_relative_heads, block_len=c.block_len,
+                share_heads=c.share_relative_heads, block_len=c.block_len, relative_pitch=c.relative_pitch,
             )
         else:
             self.attn = MultiHeadAttention(c.d_model, c.n_heads, c.attention_dropout)
@@ -67,10 +73,10 @@ class MusicLayer(nn.Module):
         self.ffn = FeedForward(c.d_model, c.d_ff, c.dropout)
         self.drop = Dropout(c.dropout)
 
-    def forward(self, x: Tensor, cache: KVCache | None = None) -> Tensor:
+    def forward(self, x: Tensor, cache: KVCache | None = None, pitches: Tensor | None = None) -> Tensor:
         h = self.norm1(x)
         if self.relative:
-            h = self.attn(h, cache=cache)
+            h = self.attn(h, cache=cache, pitches=pitches)
         else:
             h = self.attn(h, causal=True, cache=cache)[0]
         x = x + self.drop(h)
@@ -91,6 +97,11 @@ def _check(c: MusicTransformerConfig) -> None:
         raise ValueError(f"block_len must be 0 (global attention) or a positive block length, got {c.block_len}")
     if c.block_len and c.attention != "relative":
         raise ValueError("block_len (local attention) needs attention='relative'; set block_len: 0 for the baseline")
+    if c.relative_pitch < 0 or (c.relative_pitch and (c.attention != "relative" or c.block_len)):
+        raise ValueError(
+            f"relative_pitch must be 0 (none) or a positive interval in semitones, with global relative attention "
+            f"(attention='relative', block_len 0); got relative_pitch={c.relative_pitch}"
+        )
     check_dropout(c, "dropout", "attention_dropout")
 
 
@@ -110,7 +121,7 @@ class MusicTransformer(CausalLM):
 
     def reset_parameters(self) -> None:
         for name, p in self.named_parameters():
-            if p.dim() > 1 and "embed" not in name and "rel_emb" not in name:
+            if p.dim() > 1 and "embed" not in name and "rel_emb" not in name and "pitch_emb" not in name:
                 nn.init.xavier_uniform_(p)
             elif name.endswith("bias"):
                 nn.init.zeros_(p)
@@ -124,17 +135,30 @@ class MusicTransformer(CausalLM):
             x = x + self.positions(tokens.size(1), offset)
         return self.drop(x)
 
+    def pitches(self, tokens: Tensor) -> Tensor:
+        """Token ids -> MIDI pitches for relative pitch (-1 for ids that are no pitch)."""
+        p = tokens - self.config.pitch_offset
+        return torch.where(p >= 0, p, -1)
+
     def forward(self, tokens: Tensor, state: dict[str, Any] | None = None) -> Tensor:
         """tokens (B, T) -> logits (B, T, V); with ``state`` (:meth:`init_state`) tokens are the new ones only."""
         caches = state["layers"] if state is not None else [None] * len(self.layers)
         offset = caches[0].length if state is not None else 0
+        pitches = None
+        if self.config.relative_pitch:
+            pitches = self.pitches(tokens)
+            if state is not None:  # every position so far: the cached ones, then the new
+                pitches = state["pitches"] = torch.cat([state["pitches"], pitches], dim=1)
         x = self._embed(tokens, offset)
         for layer, cache in zip(self.layers, caches):
-            x = layer(x, cache)
+            x = layer(x, cache, pitches)
         return self.out(self.norm(x))
 
     def init_state(self, batch_size: int, device: Any = None) -> dict[str, Any]:
-        return {"layers": [KVCache() for _ in self.layers]}
+        state: dict[str, Any] = {"layers": [KVCache() for _ in self.layers]}
+        if self.config.relative_pitch:
+            state["pitches"] = torch.empty(batch_size, 0, dtype=torch.long, device=device)
+        return state
 
     def step(self, tokens: Tensor, state: dict[str, Any]) -> Tensor:
         return self(tokens, state)[:, -1]

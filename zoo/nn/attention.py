@@ -245,6 +245,13 @@ class RelativeSelfAttention(nn.Module):
             (the paper's "relative local attention"): the sequence is cut into blocks of
             ``block_len`` positions and each query sees its own block up to itself and the
             whole previous block.
+        relative_pitch: 0 for none; else the paper's relative pitch (its JSB experiments):
+            each score also gets ``q_a . p_h[clip(pitch_key - pitch_query)]``, intervals of
+            up to ``relative_pitch`` semitones each way with an embedding of their own, and one
+            more for a pair where either token is no pitch. Forward then needs ``pitches``
+            (-1 for no pitch). Computed as ``q @ P^T`` (T x intervals) and one gather, so no
+            (T, S, D) tensor is built. The table starts at zero: a model given relative pitch
+            computes what it did without until it learns otherwise. Global attention only.
 
     Incremental decoding with a :class:`KVCache` keeps every key (global) or reads only the
     window a query can see (local); relative positions are counted from the cache length.
@@ -259,6 +266,7 @@ class RelativeSelfAttention(nn.Module):
         bias: bool = True,
         share_heads: bool = False,
         block_len: int = 0,
+        relative_pitch: int = 0,
     ) -> None:
         super().__init__()
         if isinstance(max_relative_distance, bool) or not isinstance(max_relative_distance, int) or max_relative_distance < 1:
@@ -268,6 +276,9 @@ class RelativeSelfAttention(nn.Module):
             )
         if block_len < 0:
             raise ValueError(f"block_len must be 0 (global attention) or a positive block length, got {block_len}")
+        if relative_pitch < 0 or (relative_pitch and block_len):
+            raise ValueError(f"relative_pitch must be 0 (none) or a positive interval in semitones, with global attention "
+                             f"(block_len 0); got relative_pitch={relative_pitch}, block_len={block_len}")
         self.attn = MultiHeadAttention(d_model, n_heads, dropout, bias)  # the projections and the head split
         self.n_heads, self.head_dim = self.attn.n_heads, self.attn.head_dim
         self.max_relative_distance, self.block_len = max_relative_distance, block_len
@@ -275,6 +286,9 @@ class RelativeSelfAttention(nn.Module):
         # rel_emb[h, m] embeds distance m - (max_relative_distance - 1): the last row is distance 0
         self.rel_emb = nn.Parameter(torch.randn(1 if share_heads else n_heads, max_relative_distance, self.head_dim)
                                     * self.head_dim**-0.5)
+        self.relative_pitch = relative_pitch
+        if relative_pitch:  # row i + relative_pitch: interval i (clipped); the last row: no interval
+            self.pitch_emb = nn.Parameter(torch.zeros(1 if share_heads else n_heads, 2 * relative_pitch + 2, self.head_dim))
 
     def distance_embeddings(self, s: int) -> Tensor:
         """(H or 1, S, D): row k embeds distance k - (S - 1), clipped to the farthest learned one."""
@@ -282,14 +296,29 @@ class RelativeSelfAttention(nn.Module):
         idx = (torch.arange(s, device=self.rel_emb.device) - (s - 1) + (m - 1)).clamp_(min=0)
         return self.rel_emb[:, idx]
 
-    def relative_logits(self, q: Tensor, past: int) -> Tensor:
-        """(B, H, T, S) scores q_a . r_{j - (past + a)} for the T queries after ``past`` earlier keys."""
+    def interval_index(self, query_pitches: Tensor, key_pitches: Tensor) -> Tensor:
+        """(B, T), (B, S) pitches (-1: none) -> (B, 1, T, S) rows of ``pitch_emb`` for each pair."""
+        m = self.relative_pitch
+        qp, kp = query_pitches[:, None, :, None], key_pitches[:, None, None, :]
+        return torch.where((qp >= 0) & (kp >= 0), (kp - qp).clamp(-m, m) + m, 2 * m + 1)
+
+    def relative_logits(self, q: Tensor, past: int, pitches: Tensor | None = None) -> Tensor:
+        """(B, H, T, S) scores q_a . r_{j - (past + a)} for the T queries after ``past`` earlier keys,
+        plus the relative pitch scores when ``pitches`` (B, S) of all S positions are given."""
         s = past + q.size(2)
         er = self.distance_embeddings(s).to(q.dtype)  # (H|1, S, D)
-        return skew(q @ er.transpose(-2, -1), past)
+        rel = skew(q @ er.transpose(-2, -1), past)
+        if pitches is not None:
+            by_interval = q @ self.pitch_emb.to(q.dtype).transpose(-2, -1)  # (B, H, T, intervals)
+            index = self.interval_index(pitches[:, past:s], pitches[:, :s])
+            rel = rel + by_interval.gather(-1, index.expand(-1, q.size(1), -1, -1))
+        return rel
 
-    def forward(self, x: Tensor, *, cache: KVCache | None = None) -> Tensor:
-        """x (B, T, C) -> (B, T, C); with a cache, x holds only the new positions."""
+    def forward(self, x: Tensor, *, cache: KVCache | None = None, pitches: Tensor | None = None) -> Tensor:
+        """x (B, T, C) -> (B, T, C); with a cache, x holds only the new positions. With relative
+        pitch, ``pitches`` (B, S) are the pitches of every position so far (cached ones first)."""
+        if self.relative_pitch and pitches is None:
+            raise ValueError("this attention has relative pitch: give pitches, (B, S) MIDI pitches of the positions (-1: none)")
         a = self.attn
         q = a._split(a.q_proj(x))
         k, v = a._split(a.k_proj(x)), a._split(a.v_proj(x))
@@ -297,10 +326,12 @@ class RelativeSelfAttention(nn.Module):
         if cache is not None:
             past = cache.length
             k, v = cache.append(k, v)
+        if pitches is not None and pitches.shape != (k.size(0), k.size(2)):
+            raise ValueError(f"pitches must be (B, S) = {(k.size(0), k.size(2))}, one per position so far; got {tuple(pitches.shape)}")
         if self.block_len and cache is None:
             out = self._local(q, k, v)
         else:
-            out = self._global(q, k, v, past)
+            out = self._global(q, k, v, past, pitches if self.relative_pitch else None)
         b, _, t, _ = out.shape
         return a.out_proj(out.transpose(1, 2).reshape(b, t, -1))
 
@@ -308,7 +339,7 @@ class RelativeSelfAttention(nn.Module):
         mask = torch.zeros(visible.shape, dtype=q.dtype, device=q.device).masked_fill_(~visible, float("-inf"))
         return attend(q, k, v, mask, self.attn.dropout if self.training else 0.0, rel=rel)
 
-    def _global(self, q: Tensor, k: Tensor, v: Tensor, past: int) -> Tensor:
+    def _global(self, q: Tensor, k: Tensor, v: Tensor, past: int, pitches: Tensor | None = None) -> Tensor:
         t, s = q.size(2), k.size(2)
         if self.block_len:  # a cached step of local attention: only the window the queries can see
             first = max(0, (past // self.block_len - 1) * self.block_len)
@@ -319,13 +350,13 @@ class RelativeSelfAttention(nn.Module):
             return self._attend(q, k, v, self.relative_logits(q, past - first), visible)
         c = self.query_chunk
         if t <= c:
-            return self._attend(q, k, v, self.relative_logits(q, past), causal_mask(t, s, q.device))
+            return self._attend(q, k, v, self.relative_logits(q, past, pitches), causal_mask(t, s, q.device))
         # long sequences: chunks of queries, each against the keys up to its end only, so the
         # scores above the causal diagonal are mostly never computed (about half the work)
         outs = []
         for a in range(0, t, c):
             qc, end = q[:, :, a : a + c], past + min(a + c, t)
-            outs.append(self._attend(qc, k[:, :, :end], v[:, :, :end], self.relative_logits(qc, past + a),
+            outs.append(self._attend(qc, k[:, :, :end], v[:, :, :end], self.relative_logits(qc, past + a, pitches),
                                      causal_mask(qc.size(2), end, q.device)))
         return torch.cat(outs, dim=2)
 
@@ -348,17 +379,25 @@ class RelativeSelfAttention(nn.Module):
         return out.reshape(b, h, nb * n, d)[:, :, :t]
 
 
-def naive_relative_attention(q: Tensor, k: Tensor, v: Tensor, rel_emb: Tensor, visible: Tensor) -> Tensor:
+def naive_relative_attention(q: Tensor, k: Tensor, v: Tensor, rel_emb: Tensor, visible: Tensor,
+                             pitch_emb: Tensor | None = None, pitches: Tensor | None = None) -> Tensor:
     """Shaw et al.'s formulation, for tests: builds the (T, S, D) tensor of distance embeddings.
 
     q (B, H, T, D), k and v (B, H, S, D), queries the last T of S positions; ``rel_emb``
-    (H|1, M, D) with row M-1 = distance 0; ``visible`` (T, S) bool.
+    (H|1, M, D) with row M-1 = distance 0; ``visible`` (T, S) bool. With relative pitch,
+    ``pitch_emb`` (H|1, 2P+2, D) and ``pitches`` (B, S), built as a (B, T, S, D) tensor too.
     """
     t, s, m = q.size(2), k.size(2), rel_emb.size(1)
     qpos = torch.arange(s - t, s)[:, None]
     dist = torch.arange(s)[None, :] - qpos  # (T, S), <= 0 where visible
     r = rel_emb[:, (dist + m - 1).clamp(0, m - 1)]  # (H|1, T, S, D)
     scores = (q @ k.transpose(-2, -1) + torch.einsum("bhtd,htsd->bhts", q, r.expand(q.size(1), -1, -1, -1)))
+    if pitch_emb is not None and pitches is not None:
+        p = (pitch_emb.size(1) - 2) // 2
+        qp, kp = pitches[:, s - t :, None], pitches[:, None, :]  # (B, T, 1), (B, 1, S)
+        row = torch.where((qp >= 0) & (kp >= 0), (kp - qp).clamp(-p, p) + p, 2 * p + 1)  # (B, T, S)
+        e = pitch_emb.expand(q.size(1), -1, -1)[:, row]  # (H, B, T, S, D)
+        scores = scores + torch.einsum("bhtd,hbtsd->bhts", q, e)
     scores = (scores / math.sqrt(q.size(-1))).masked_fill(~visible, float("-inf"))
     return scores.softmax(-1) @ v
 
