@@ -441,12 +441,13 @@ register_pretrained(
     Pretrained(
         name="image_transformer_small.mnist",
         hub_id="zoo-models/image_transformer_small.mnist",
-        sha256="e65ebeeee3fb702c451a16c23969afd0d9087aed1cd5d6bca36f2d6b13eb195d",
-        params=866_688,
-        metrics={"bpd": 0.8199},
-        recipe="configs/image_transformer_small.mnist.stage2.yaml",
+        sha256="e4d66badff1f36ba5bdeb19ac46b30900d7ba65b30eca70ae64e6e2d19463a22",
+        params=1_659_776,
+        metrics={"bpd": 0.8018},
+        recipe="configs/image_transformer_small.mnist.stage3.yaml",
         data="MNIST t10k, 256 grey levels: 8,500 train / 500 val / 1,000 held-out test images",
         license="MIT (weights); MNIST: CC BY-SA 3.0 (LeCun, Cortes, Burges)",
-        description="unconditional, local 2D attention; held-out test 0.820 bits/dim (per-pixel independent: 1.703)",
+        description="unconditional, local 2D attention, 8 layers (grown from 4); held-out test 0.802 bits/dim "
+                    "(per-pixel independent: 1.703)",
     )
 )
