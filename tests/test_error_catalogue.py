@@ -844,6 +844,8 @@ TRIGGERS: dict[str, Callable[[Ctx], Seen]] = {
     # the Music Transformer
     "music-max-relative-distance": _create("music_transformer_tiny", max_relative_distance=0),
     "music-local-absolute": _create("music_transformer_tiny", attention="absolute", block_len=64),
+    "music-relative-pitch-local": _create("music_transformer_tiny", relative_pitch=12, block_len=64),
+    "music-relative-pitch-vocab": _create("music_transformer_tiny", vocab_size=391, relative_pitch=12),
     "music-primer-out-of-vocab": _music_call("generate", [10, 500]),
     "music-primer-special": _music_call("generate", [1, 10]),
     "music-primer-too-long": _music_primer_too_long,

@@ -185,6 +185,8 @@ def test_relative_pitch_bad_settings_are_one_line_errors():
         build_network("music_transformer_tiny", vocab_size=132, relative_pitch=12, block_len=8)
     with pytest.raises(ValueError, match="relative_pitch must be 0"):
         build_network("music_transformer_tiny", vocab_size=132, relative_pitch=-1)
+    with pytest.raises(ValueError, match="it is for the chorale vocabulary"):
+        build_network("music_transformer_tiny", vocab_size=391, relative_pitch=12)  # performance events
     att = RelativeSelfAttention(32, 4, 8, relative_pitch=4)
     with pytest.raises(ValueError, match="this attention has relative pitch: give pitches"):
         att(torch.randn(1, 5, 32))

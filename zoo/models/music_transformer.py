@@ -102,6 +102,11 @@ def _check(c: MusicTransformerConfig) -> None:
             f"relative_pitch must be 0 (none) or a positive interval in semitones, with global relative attention "
             f"(attention='relative', block_len 0); got relative_pitch={c.relative_pitch}"
         )
+    if c.relative_pitch and c.vocab_size > c.pitch_offset + 128:
+        raise ValueError(
+            f"relative_pitch reads ids {c.pitch_offset}.. as MIDI pitches 0..127, but the vocabulary has {c.vocab_size} "
+            f"ids; it is for the chorale vocabulary (132 ids), not performance events"
+        )
     check_dropout(c, "dropout", "attention_dropout")
 
 
