@@ -2,8 +2,8 @@
 
     python -m zoo.grow checkpoints/image_transformer_small.mnist --layers 8 \
         --out runs/image_transformer_small.mnist.deep/grown
-    python -m zoo.grow checkpoints/music_transformer_small.jsb --set relative_pitch=24 \
-        --out runs/music_transformer_small.jsb.pitch/grown
+    python -m zoo.grow checkpoints/music_transformer_small.jsb --set relative_pitch=36 \
+        --out runs/music_transformer_small.jsb.stage3/grown
 
 Depth (``--layers``, pre-norm networks): each layer of the source is followed by
 ``factor - 1`` copies of itself (``--layers`` must be a multiple of the source's depth)
@@ -19,9 +19,9 @@ New parts (``--set NAME=VALUE``, architecture settings that add parameters which
 zero, such as the Music Transformer's ``relative_pitch`` table): the source's tensors are
 copied, the new ones keep their initial values.
 
-Either way the grown network's outputs are compared with the source's on random input
-before anything is written (to 1e-5): a setting whose new parameters would change the
-function is refused. Writes a Hub-layout folder that
+Either way :func:`grow` compares the grown network's outputs with the source's on random
+input (to 1e-5) and refuses one that computes something else, such as a setting whose new
+parameters do not start neutral; so nothing is written for it. Writes a Hub-layout folder that
 ``zoo fit --model.init_args.init_from OUT`` continues.
 """
 
@@ -79,7 +79,8 @@ def grow_state(state: dict[str, torch.Tensor], stack: str, old: int, new: int) -
 
 def grow(source: str, layers: int | None = None, changes: dict[str, Any] | None = None) -> Any:
     """The source checkpoint and its grown LightningModule (``layers`` deep, ``changes`` to its
-    architecture settings), the new network holding every tensor of the source."""
+    architecture settings), the new network holding every tensor of the source and computing
+    the same outputs (checked; ValueError otherwise)."""
     small = zoo.load(source)
     old = dict(small.net.state_dict())
     if layers is not None:
@@ -101,7 +102,10 @@ def grow(source: str, layers: int | None = None, changes: dict[str, Any] | None 
     big.net.load_state_dict({**state, **old}, strict=True)
     big.tokenizers = small.tokenizers
     big.data_description = getattr(small, "pretrained_config", {}).get("data")
-    return small, big.eval()
+    diff = max_difference(small.net, big.eval().net)
+    if diff > 1e-5:
+        raise ValueError(f"the grown network differs from the source by {diff:.2e}; nothing written")
+    return small, big
 
 
 def parse_setting(text: str) -> tuple[str, Any]:
@@ -147,12 +151,9 @@ def main(argv: list[str] | None = None) -> None:
         small, big = grow(args.source, args.layers, dict(parse_setting(t) for t in args.set))
     except (ValueError, TypeError, FileNotFoundError, KeyError) as err:
         raise SystemExit(f"zoo.grow: {err}") from None
-    diff = max_difference(small.net, big.net)
-    if diff > 1e-5:
-        raise SystemExit(f"zoo.grow: the grown network differs from the source by {diff:.2e}; nothing written")
     what = ", ".join([f"{small.net.config.layers} -> {args.layers} layers"] * (args.layers is not None) + args.set)
     save_pretrained(big, Path(args.out), card=f"Grown from {args.source} ({what}) by `python -m zoo.grow`.")
-    print(f"wrote {args.out}: {what}, outputs equal within {diff:.1e}")
+    print(f"wrote {args.out}: {what}, outputs equal to the source's within 1e-5")
 
 
 if __name__ == "__main__":
