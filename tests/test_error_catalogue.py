@@ -673,6 +673,18 @@ def _pixel_levels(c: Ctx) -> Seen:
     return c.api(lambda: PixelDataModule(source="mnist", levels=100))
 
 
+def _pixel_shift_range(c: Ctx) -> Seen:
+    from zoo.data.pixels import PixelDataModule
+
+    return c.api(lambda: PixelDataModule(source="digits", shift=8))
+
+
+def _pixel_shift_super_resolution(c: Ctx) -> Seen:
+    from zoo.data.pixels import PixelDataModule
+
+    return c.api(lambda: PixelDataModule(source="digits", task="super_resolution", shift=2))
+
+
 def _labels_out_of_range(c: Ctx) -> Seen:
     from zoo.data.pixels import load_splits
 
@@ -860,6 +872,8 @@ TRIGGERS: dict[str, Callable[[Ctx], Seen]] = {
     "image-values-out-of-range": _pixels((1, 8, 8), 40),
     "image-floats": _pixels((1, 8, 8), 0.5),
     "pixel-levels": _pixel_levels,
+    "pixel-shift-range": _pixel_shift_range,
+    "pixel-shift-super-resolution": _pixel_shift_super_resolution,
     "pixel-decode-start-token": _pixel_decode_start_token,
     "labels-out-of-range": _labels_out_of_range,
     "mnist-missing": _mnist_missing,

@@ -22,6 +22,7 @@ from zoo.data.pixels import (
     read_cifar10_bin,
     read_idx,
     save_grid,
+    shift_images,
 )
 
 
@@ -230,6 +231,48 @@ def test_digits_batches():
     val = next(iter(dm.val_dataloader()))
     assert val["tokens"].shape == (20, 64)
     assert torch.equal(val["targets"], dm.tokenizer.encode(dm.images("val")))  # evaluation keeps file order
+
+
+def test_shift_images_moves_ink_without_losing_it():
+    rng = np.random.default_rng(0)
+    img = np.zeros((1, 8, 8), dtype=np.uint8)
+    img[0, 2:5, 3:6] = rng.integers(1, 256, size=(3, 3))
+    seen = set()
+    for _ in range(200):
+        out = shift_images(img, 2, rng)
+        assert out.shape == img.shape and out.dtype == img.dtype
+        assert sorted(out[out != 0].tolist()) == sorted(img[img != 0].tolist())  # every inked pixel kept
+        ys, xs = np.nonzero(out[0])
+        dy, dx = ys.min() - 2, xs.min() - 3
+        assert np.array_equal(out[0, 2 + dy : 5 + dy, 3 + dx : 6 + dx], img[0, 2:5, 3:6])  # moved as a whole
+        seen.add((int(dy), int(dx)))
+    assert seen == {(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)}  # all 25 shifts drawn
+    # ink on the border: the shift narrows so nothing leaves the frame; a blank image stays blank
+    edge = np.zeros((2, 6, 6, 3), dtype=np.uint8)
+    edge[0, 0, 5] = (9, 0, 7)  # top-right corner, colour
+    for _ in range(50):
+        out = shift_images(edge, 3, rng)
+        ys, xs = np.nonzero(out[0].any(axis=-1))
+        assert len(ys) == 1 and ys[0] in range(0, 4) and xs[0] in range(2, 6)
+        assert out[0, ys[0], xs[0]].tolist() == [9, 0, 7] and not out[1].any()
+
+
+def test_shift_augmentation_in_training_batches_only():
+    kw = dict(source="digits", batch_size=8, eval_batch_size=50, train_limit=40, val_limit=20)
+    plain, shifted = PixelDataModule(**kw), PixelDataModule(**kw, shift=2)
+    a, b = next(iter(plain.train_dataloader())), next(iter(shifted.train_dataloader()))
+    assert torch.equal(a["labels"], b["labels"])  # same order, same images
+    assert not torch.equal(a["targets"], b["targets"])
+    assert torch.equal(a["targets"].sort(dim=1).values, b["targets"].sort(dim=1).values)  # same pixels, moved
+    assert torch.equal(b["tokens"][:, 1:], b["targets"][:, :-1])
+    for split in ("val", "test"):  # evaluation sees the images as they are
+        loader = getattr(shifted, f"{split}_dataloader")()
+        assert torch.equal(next(iter(loader))["targets"], next(iter(getattr(plain, f"{split}_dataloader")()))["targets"])
+    assert shifted.describe()["augment"] == {"shift": 2} and "augment" not in plain.describe()
+    with pytest.raises(ValueError, match="shift must be 0 .off. or a number of pixels below the image's side 8"):
+        PixelDataModule(source="digits", shift=8)
+    with pytest.raises(ValueError, match="shift augmentation is for the unconditional and class-conditional"):
+        PixelDataModule(source="digits", task="super_resolution", shift=1)
 
 
 # -- super-resolution -------------------------------------------------------------------

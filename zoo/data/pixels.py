@@ -545,11 +545,39 @@ def load_splits(
 
 
 # -- data module ----------------------------------------------------------------------
-class PixelSet(Dataset):
-    """Tokenised images of one split; a loader's indices come back as one batch through :meth:`collate`."""
+def shift_images(images: np.ndarray, max_shift: int, rng: np.random.Generator) -> np.ndarray:
+    """Move each image (N, H, W[, C]) by a random whole number of pixels, up to ``max_shift``
+    each way in each direction, filling with 0; a shift that would push a non-zero pixel out of
+    the frame is narrowed so that none is lost (an all-zero image stays put)."""
+    out = np.zeros_like(images)
+    for i, img in enumerate(images):
+        ink = img != 0 if img.ndim == 2 else (img != 0).any(axis=-1)
+        rows, cols = np.flatnonzero(ink.any(axis=1)), np.flatnonzero(ink.any(axis=0))
+        if len(rows) == 0:
+            out[i] = img
+            continue
+        h, w = ink.shape
+        dy = int(rng.integers(-min(max_shift, rows[0]), min(max_shift, h - 1 - rows[-1]) + 1))
+        dx = int(rng.integers(-min(max_shift, cols[0]), min(max_shift, w - 1 - cols[-1]) + 1))
+        out[i, max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = \
+            img[max(-dy, 0) : h - max(dy, 0), max(-dx, 0) : w - max(dx, 0)]
+    return out
 
-    def __init__(self, pixels: Tensor, labels: Tensor, bos_id: int, src: Tensor | None = None) -> None:
+
+class PixelSet(Dataset):
+    """Tokenised images of one split; a loader's indices come back as one batch through :meth:`collate`.
+
+    With ``shift > 0`` (training only) each batch's images are moved afresh by :func:`shift_images`;
+    ``shape`` is the (H, W, C) of an image, to undo the raster order."""
+
+    def __init__(self, pixels: Tensor, labels: Tensor, bos_id: int, src: Tensor | None = None,
+                 shift: int = 0, shape: tuple[int, int, int] | None = None, seed: int = 0) -> None:
+        if shift and (src is not None or shape is None):
+            raise ValueError("shift augmentation needs the image shape and does not apply to super-resolution pairs")
         self.pixels, self.labels, self.bos_id, self.src = pixels, labels, bos_id, src
+        self.shift, self.shape, self.seed = shift, shape, seed
+        self._rng: np.random.Generator | None = None
+        self._pid = -1
 
     def __len__(self) -> int:
         return len(self.pixels)
@@ -557,10 +585,20 @@ class PixelSet(Dataset):
     def __getitem__(self, i: int) -> int:
         return i
 
+    def rng(self) -> np.random.Generator:
+        """One generator per process (loader workers draw different shifts), seeded from ``seed``."""
+        if self._rng is None or self._pid != os.getpid():
+            self._rng, self._pid = np.random.default_rng([self.seed, torch.initial_seed() % 2**32]), os.getpid()
+        return self._rng
+
     def collate(self, indices: list[int]) -> dict[str, Tensor]:
         """tokens (B, T) = <s> + pixels[:-1]; targets (B, T) = pixels; labels (B,); src (B, S) if any."""
         idx = torch.as_tensor(indices, dtype=torch.long)
         targets = self.pixels[idx].long()
+        if self.shift:
+            h, w, c = self.shape
+            images = targets.numpy().reshape(len(idx), h, w, c)
+            targets = torch.from_numpy(shift_images(images, self.shift, self.rng()).reshape(len(idx), -1))
         tokens = torch.cat([torch.full((len(idx), 1), self.bos_id, dtype=torch.long), targets[:, :-1]], dim=1)
         batch = {"tokens": tokens, "targets": targets, "labels": self.labels[idx]}
         if self.src is not None:
@@ -587,6 +625,10 @@ class PixelDataModule(SequenceDataModule):
         seed: the training order (each epoch draws its order from ``seed + epoch``).
         split_seed: the fixed train / val / test permutation; leave it at 0 to compare models.
         download: fetch MNIST or CIFAR-10 when no local copy is found.
+        shift: augmentation for training images: each is moved by a random whole number of
+            pixels, up to ``shift`` each way vertically and horizontally, afresh every batch,
+            never pushing a non-background pixel out of the frame (0, black, fills in). 0: off.
+            Not for super-resolution.
     """
 
     TASKS = ("unconditional", "class_conditional", "super_resolution")
@@ -607,6 +649,7 @@ class PixelDataModule(SequenceDataModule):
         seed: int = 0,
         split_seed: int = 0,
         download: bool = True,
+        shift: int = 0,
     ) -> None:
         super().__init__()
         if source not in SOURCES:
@@ -620,6 +663,11 @@ class PixelDataModule(SequenceDataModule):
         self.save_hyperparameters()
         self.source = SOURCES[source]
         h, w, c = self.source.shape
+        if not 0 <= shift < min(h, w):
+            raise ValueError(f"shift must be 0 (off) or a number of pixels below the image's side {min(h, w)}, not {shift!r}")
+        if shift and task == "super_resolution":
+            raise ValueError("shift augmentation is for the unconditional and class-conditional tasks; "
+                             "set shift: 0 for super-resolution")
         levels = self.source.max_value + 1 if levels is None else levels
         if self.hparams.get("levels") != levels:  # record the resolved value: zoo fit links it into the model,
             self.save_hyperparameters({**self.hparams, "levels": levels})  # whose hparams must agree with ours
@@ -724,6 +772,8 @@ class PixelDataModule(SequenceDataModule):
             "split_seed": hp.split_seed,
             "splits": {s: int(len(self.labels(s))) for s in ("train", "val", "test")},
         }
+        if hp.get("shift", 0):
+            d["augment"] = {"shift": hp.shift}
         if hp.task == "super_resolution":
             d["downsample"] = hp.downsample
             d["low_res_shape"] = list(self._src_tokenizer.shape)
@@ -737,7 +787,9 @@ class PixelDataModule(SequenceDataModule):
             src = None
             if self.hp.task == "super_resolution":
                 src = torch.from_numpy(self._src_tokenizer.encode_array(downsample(images, self.hp.downsample)))
-            self.datasets[split] = PixelSet(pixels, torch.from_numpy(labels), self.bos_id, src)
+            shift = self.hp.get("shift", 0) if split == "train" else 0
+            self.datasets[split] = PixelSet(pixels, torch.from_numpy(labels), self.bos_id, src,
+                                            shift=shift, shape=self.image_shape, seed=self.hp.seed)
         return self.datasets[split]
 
     def setup(self, stage: str | None = None) -> None:
