@@ -311,7 +311,8 @@ class RelativeSelfAttention(nn.Module):
         if pitches is not None:
             by_interval = q @ self.pitch_emb.to(q.dtype).transpose(-2, -1)  # (B, H, T, intervals)
             index = self.interval_index(pitches[:, past:s], pitches[:, :s])
-            rel = rel + by_interval.gather(-1, index.expand(-1, q.size(1), -1, -1))
+            # in place: rel is a fresh view of skew's padded product, which no backward needs
+            rel = rel.add_(by_interval.gather(-1, index.expand(-1, q.size(1), -1, -1)))
         return rel
 
     def forward(self, x: Tensor, *, cache: KVCache | None = None, pitches: Tensor | None = None) -> Tensor:
