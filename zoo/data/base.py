@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
+import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
@@ -50,6 +52,20 @@ def distributed_world(num_replicas: int | None = None, rank: int | None = None) 
     if not 0 <= rank < num_replicas:
         raise ValueError(f"rank must be in 0..{num_replicas - 1} for num_replicas={num_replicas}, not {rank}")
     return num_replicas, rank
+
+
+class ProcessRNG:
+    """``rng()``: a numpy generator for data augmentation, one per process, from ``seed`` and
+    torch's seed of that process (DataLoader workers each get their own, so they draw
+    different augmentations)."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed, self._rng, self._pid = seed, None, -1
+
+    def __call__(self) -> np.random.Generator:
+        if self._rng is None or self._pid != os.getpid():
+            self._rng, self._pid = np.random.default_rng([self.seed, torch.initial_seed() % 2**32]), os.getpid()
+        return self._rng
 
 
 class ShardedBatchSampler(DistributedSampler):

@@ -57,7 +57,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from zoo.data.base import EvalBatchSampler, SequenceDataModule, batch_loader
+from zoo.data.base import EvalBatchSampler, ProcessRNG, SequenceDataModule, batch_loader
 from zoo.data.text import DOWNLOAD_DIR, _candidate_dirs
 from zoo.data.tokenizer import JsonTokenizer
 
@@ -744,14 +744,7 @@ class _Crops(Dataset):
                  crops_per_piece: int, seed: int) -> None:
         self.pieces, self.encode, self.crop_len, self.align = pieces, encode, crop_len, align
         self.bos, self.eos, self.crops_per_piece, self.seed = bos, eos, crops_per_piece, seed
-        self._rng: np.random.Generator | None = None
-        self._pid = -1
-
-    def rng(self) -> np.random.Generator:
-        # one generator per process: torch seeds each DataLoader worker differently
-        if self._rng is None or self._pid != os.getpid():
-            self._rng, self._pid = np.random.default_rng([self.seed, torch.initial_seed() % 2**32]), os.getpid()
-        return self._rng
+        self.rng = ProcessRNG(seed)
 
     def __len__(self) -> int:
         return len(self.pieces) * self.crops_per_piece

@@ -67,7 +67,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from zoo.data.base import EvalBatchSampler, SequenceDataModule, TokenBatchSampler, batch_loader
+from zoo.data.base import EvalBatchSampler, ProcessRNG, SequenceDataModule, TokenBatchSampler, batch_loader
 from zoo.data.text import DOWNLOAD_DIR, _candidate_dirs
 from zoo.data.tokenizer import JsonTokenizer
 
@@ -575,21 +575,14 @@ class PixelSet(Dataset):
         if shift and (src is not None or shape is None):
             raise ValueError("shift augmentation needs the image shape and does not apply to super-resolution pairs")
         self.pixels, self.labels, self.bos_id, self.src = pixels, labels, bos_id, src
-        self.shift, self.shape, self.seed = shift, shape, seed
-        self._rng: np.random.Generator | None = None
-        self._pid = -1
+        self.shift, self.shape = shift, shape
+        self.rng = ProcessRNG(seed)
 
     def __len__(self) -> int:
         return len(self.pixels)
 
     def __getitem__(self, i: int) -> int:
         return i
-
-    def rng(self) -> np.random.Generator:
-        """One generator per process (loader workers draw different shifts), seeded from ``seed``."""
-        if self._rng is None or self._pid != os.getpid():
-            self._rng, self._pid = np.random.default_rng([self.seed, torch.initial_seed() % 2**32]), os.getpid()
-        return self._rng
 
     def collate(self, indices: list[int]) -> dict[str, Tensor]:
         """tokens (B, T) = <s> + pixels[:-1]; targets (B, T) = pixels; labels (B,); src (B, S) if any."""
