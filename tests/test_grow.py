@@ -9,7 +9,7 @@ import torch
 import zoo
 from zoo.data.midi import ChoraleTokenizer
 from zoo.data.pixels import PixelDataModule
-from zoo.grow import grow, grow_state, layer_stack, main, max_difference
+from zoo.grow import copies_per_layer, grow, grow_state, layer_stack, main, max_difference
 
 
 def saved_chorale_model(folder):
@@ -51,6 +51,19 @@ def test_grown_music_transformer_computes_the_same_and_names_its_copies(tmp_path
         assert state[k].abs().sum() == 0, k
 
 
+def test_depth_that_is_not_a_multiple_spreads_the_copies_evenly(tmp_path):
+    assert copies_per_layer(8, 12) == [1, 2] * 4 and copies_per_layer(8, 16) == [2] * 8
+    assert copies_per_layer(4, 5) == [1, 1, 1, 2] and sum(copies_per_layer(3, 11)) == 11
+    source = saved_chorale_model(tmp_path / "m")
+    small, big = grow(str(tmp_path / "m"), 3)  # 2 -> 3: layer 1 of the source is layers 1, 2
+    assert max_difference(small.net, big.net) < 1e-5
+    state, old = big.net.state_dict(), source.net.state_dict()
+    assert torch.equal(state["layers.1.attn.rel_emb"], old["layers.1.attn.rel_emb"])
+    assert torch.equal(state["layers.2.attn.rel_emb"], old["layers.1.attn.rel_emb"])
+    assert torch.equal(state["layers.1.ffn.3.weight"], old["layers.1.ffn.3.weight"])
+    assert state["layers.2.ffn.3.weight"].abs().sum() == 0
+
+
 @pytest.mark.parametrize("pixel_task", ["class_conditional", "super_resolution"])
 def test_grown_image_transformer_computes_the_same_and_trains(tmp_path, pixel_task):
     saved_image_model(tmp_path / "i", pixel_task)
@@ -73,9 +86,9 @@ def test_grown_image_transformer_computes_the_same_and_trains(tmp_path, pixel_ta
 def test_bad_growth_is_one_clear_line(tmp_path, capsys):
     saved_chorale_model(tmp_path / "m")
     state = zoo.load(str(tmp_path / "m")).net.state_dict()
-    with pytest.raises(ValueError, match="multiple of the source's 2 layers"):
-        grow_state(state, "layers", 2, 3)
-    with pytest.raises(SystemExit, match="zoo.grow: --layers must be a multiple of the source's 2 layers and larger, got 2"):
+    with pytest.raises(ValueError, match="larger than the source's 2 layers, got 1"):
+        grow_state(state, "layers", 2, 1)
+    with pytest.raises(SystemExit, match="zoo.grow: --layers must be larger than the source's 2 layers, got 2"):
         main([str(tmp_path / "m"), "--layers", "2", "--out", str(tmp_path / "out")])
     with pytest.raises(SystemExit, match="zoo.grow: .*no_such_folder"):
         main([str(tmp_path / "no_such_folder"), "--layers", "4", "--out", str(tmp_path / "out")])

@@ -5,9 +5,9 @@
     python -m zoo.grow checkpoints/music_transformer_small.jsb --set relative_pitch=36 \
         --out runs/music_transformer_small.jsb.stage3/grown
 
-Depth (``--layers``, pre-norm networks): each layer of the source is followed by
-``factor - 1`` copies of itself (``--layers`` must be a multiple of the source's depth)
-whose residual branches end in zeros: the output projection of the attention and the second
+Depth (``--layers``, pre-norm networks, any depth above the source's): each layer of the
+source is followed by copies of itself, spread evenly (8 -> 16: one copy after every layer;
+8 -> 12: one after every second layer, the 2nd, 4th, ...), whose residual branches end in zeros: the output projection of the attention and the second
 linear map of the feed-forward network are zeroed, weights and biases. In a pre-norm network
 a layer whose branches add zero is the identity, so the grown model gives the same outputs
 as the source, while its copies start from trained attention and feed-forward weights
@@ -55,12 +55,19 @@ def layer_stack(net: nn.Module) -> str:
     return names[0]
 
 
+def copies_per_layer(old: int, new: int) -> list[int]:
+    """How many layers of the ``new``-layer network each of the ``old`` source layers becomes
+    (itself and its copies), spread evenly: 8 -> 12 gives 1, 2, 1, 2, 1, 2, 1, 2."""
+    if new <= old:
+        raise ValueError(f"--layers must be larger than the source's {old} layers, got {new}")
+    return [(i + 1) * new // old - i * new // old for i in range(old)]
+
+
 def grow_state(state: dict[str, torch.Tensor], stack: str, old: int, new: int) -> dict[str, torch.Tensor]:
-    """The state dict of the ``new``-layer network: layer i of the source becomes layers
-    i*f .. i*f+f-1 (f = new // old), the copies with their branch outputs zeroed."""
-    if new % old or new <= old:
-        raise ValueError(f"--layers must be a multiple of the source's {old} layers and larger, got {new}")
-    factor = new // old
+    """The state dict of the ``new``-layer network: layer i of the source is followed by
+    its copies (:func:`copies_per_layer`), the copies with their branch outputs zeroed."""
+    counts = copies_per_layer(old, new)
+    first = [sum(counts[:i]) for i in range(old)]
     prefix = re.compile(rf"^{re.escape(stack)}\.(\d+)\.(.+)$")
     out: dict[str, torch.Tensor] = {}
     for key, value in state.items():
@@ -69,11 +76,11 @@ def grow_state(state: dict[str, torch.Tensor], stack: str, old: int, new: int) -
             out[key] = value.clone()
             continue
         i, rest = int(m.group(1)), m.group(2)
-        for j in range(factor):
+        for j in range(counts[i]):
             copy = value.clone()
             if j and BRANCH_OUTPUTS.search(rest):
                 copy.zero_()
-            out[f"{stack}.{i * factor + j}.{rest}"] = copy
+            out[f"{stack}.{first[i] + j}.{rest}"] = copy
     return out
 
 
@@ -142,7 +149,7 @@ def max_difference(small: nn.Module, big: nn.Module) -> float:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m zoo.grow", description=__doc__.split("\n\n")[0])
     parser.add_argument("source", help="a checkpoint folder or a registered name")
-    parser.add_argument("--layers", type=int, help="depth of the grown network (a multiple of the source's)")
+    parser.add_argument("--layers", type=int, help="depth of the grown network (more than the source's; copies spread evenly)")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                         help="an architecture setting that adds parameters starting at zero, e.g. relative_pitch=24")
     parser.add_argument("--out", required=True, help="folder to write the grown checkpoint to (Hub layout)")
