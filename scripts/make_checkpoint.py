@@ -26,6 +26,7 @@ import importlib
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -58,6 +59,35 @@ def average_state(paths: list[Path]) -> dict[str, torch.Tensor]:
         for k, v in state.items():
             total[k] = total.get(k, 0) + v.double() if v.is_floating_point() else v
     return {k: (v / len(paths)).float() if v.is_floating_point() else v for k, v in total.items()}
+
+
+def data_module(hparams: dict, tokenizers):
+    """The run's data module, as it was configured, with the model's tokenizers and the whole test split."""
+    cls = import_path(hparams["_class_path"])
+    hp = {k: v for k, v in hparams.items() if not k.startswith("_")}
+    dm = cls(**hp) if "test_limit" not in hp else cls(**{**hp, "test_limit": None})
+    dm._tokenizers, dm._tokenizer = tokenizers, tokenizers[1]
+    return dm
+
+
+def data_modules(paths: list[Path], tokenizers) -> tuple[Any, dict]:
+    """The first checkpoint's data module (to measure on) and what the data was for all of
+    them: a description entry that differs between averaged checkpoints (say, one run with
+    shift augmentation, one without) becomes ``{"per checkpoint": {file name: value}}``."""
+    settings = [torch.load(p, map_location="cpu", weights_only=True)["datamodule_hyper_parameters"] for p in paths]
+    built: dict[str, tuple[Any, dict]] = {}
+    for hp in settings:
+        key = json.dumps(hp, sort_keys=True, default=str)
+        if key not in built:
+            dm = data_module(hp, tokenizers)
+            built[key] = dm, dm.describe()
+    described = [built[json.dumps(hp, sort_keys=True, default=str)][1] for hp in settings]
+    data: dict[str, Any] = {}
+    for key in dict.fromkeys(k for d in described for k in d):
+        values = [d.get(key) for d in described]
+        data[key] = values[0] if all(v == values[0] for v in values) else \
+            {"per checkpoint": {p.name: v for p, v in zip(paths, values)}}
+    return built[json.dumps(settings[0], sort_keys=True, default=str)][0], data
 
 
 def model_cards_section(name: str, path: Path = Path("MODEL_CARDS.md")) -> str | None:
@@ -213,21 +243,16 @@ def main() -> None:
     if len(paths) > 1:
         model.load_state_dict(average_state(paths))
 
-    dm_hp = {k: v for k, v in meta["datamodule_hyper_parameters"].items() if not k.startswith("_")}
-    dm_cls = import_path(meta["datamodule_hyper_parameters"]["_class_path"])
-    is_music = dm_cls.__name__ == "MIDIDataModule"
-    dm = dm_cls(**dm_hp) if is_music else dm_cls(**{**dm_hp, "test_limit": None})
-    dm._tokenizers = model.tokenizers
-    dm._tokenizer = model.tokenizers[1]
+    dm, data = data_modules(paths, model.tokenizers)
     test_split = f"test ({len(dm.labels('test'))} held-out images)" if is_image else "test_2016_flickr"
-    if is_music:
+    if type(dm).__name__ == "MIDIDataModule":
         test_split = "the data set's validation and test pieces, whole"
-    save_pretrained(model, out, dtype=args.dtype, data={**dm.describe(), "test_split": test_split})
+    save_pretrained(model, out, dtype=args.dtype, data={**data, "test_split": test_split})
 
     stored = zoo.load(str(out))  # measure what was stored, not what was trained
     if is_image:
         metrics, reproduce, timing = measure_image(stored, dm, out)
-    elif is_music:
+    elif type(dm).__name__ == "MIDIDataModule":
         metrics, reproduce, timing = measure_music(stored, dm)
     else:
         metrics, reproduce, timing = (measure_lm if is_lm else measure_translation)(stored, dm)

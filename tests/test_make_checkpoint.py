@@ -1,0 +1,66 @@
+"""scripts/make_checkpoint.py end to end: two tiny runs averaged into a Hub folder, measured with the stored weights."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import zoo
+from zoo.data.pixels import PixelDataModule
+from zoo.cli import run
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_digits_run(folder: Path, shift: int) -> Path:
+    """Two steps of the digits recipe at the tiny size, run in ``folder``; returns its checkpoint folder."""
+    folder.mkdir()
+    os.chdir(folder)  # the recipe's relative run folders land here
+    run([
+        "fit", "--config", str(REPO / "configs" / "image_transformer_small.digits.yaml"),
+        "--model.init_args.arch", "image_transformer_tiny",
+        "--data.init_args.shift", str(shift),
+        "--trainer.precision", "32-true", "--trainer.max_steps", "2", "--trainer.val_check_interval", "2",
+        "--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar", "false",
+    ])
+    return folder / "runs" / "image_transformer_small.digits" / "checkpoints"
+
+
+@pytest.fixture
+def two_runs(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.chdir(tmp_path)  # restored afterwards
+    soup = tmp_path / "soup"
+    soup.mkdir()
+    for name, shift in (("plain", 0), ("shifted", 1)):
+        (best,) = tiny_digits_run(tmp_path / name, shift).glob("0-*.ckpt")
+        (soup / f"{name}-{best.stem.split('-', 1)[1]}.ckpt").symlink_to(best)
+    return soup
+
+
+def test_an_averaged_checkpoint_is_measured_and_says_how_its_runs_differed(tmp_path, two_runs):
+    out = tmp_path / "published"
+    done = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "make_checkpoint.py"), str(two_runs), "--name", "image_transformer_tiny.test",
+         "--average", "2", "--out", str(out), "--recipe", str(REPO / "configs" / "image_transformer_small.digits.yaml")],
+        capture_output=True, text=True, timeout=600, cwd=REPO, env={**os.environ, "WANDB_MODE": "disabled"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    config = json.loads((out / "config.json").read_text())
+    assert sorted(config["averaged"]) == sorted(p.name for p in two_runs.iterdir())
+    data = config["data"]
+    assert data["dataset"] == "digits" and data["splits"] == {"train": 1497, "val": 150, "test": 150}
+    shifted = next(p.name for p in two_runs.iterdir() if p.name.startswith("shifted"))
+    plain = next(p.name for p in two_runs.iterdir() if p.name.startswith("plain"))
+    assert data["augment"] == {"per checkpoint": {shifted: {"shift": 1}, plain: None}} or \
+        data["augment"] == {"per checkpoint": {plain: None, shifted: {"shift": 1}}}
+    assert config["recipe"].endswith("image_transformer_small.digits.yaml") and (out / "samples.png").stat().st_size
+    # the figures are those of the stored (float16) weights, reloaded by path
+    stored = zoo.load(str(out))
+    dm = PixelDataModule(source="digits", task="class_conditional")
+    first = config["reproduce"]["first"]
+    bpd = stored.bits_per_dim(dm.images("test")[:first], labels=dm.labels("test")[:first])
+    assert first == 100 and abs(bpd - config["reproduce"]["bpd"]) < 1e-3
+    assert abs(stored.bits_per_dim(dm, split="test") - config["metrics"]["bpd"]) < 1e-3
