@@ -9,7 +9,8 @@
 # with the job's log as $OUT/JOB.log. Unpack here with `tar -xf JOB.tar -C runs/`.
 #
 # A PLAN line: JOB NAME CONFIG AVERAGE [zoo fit overrides...]; '#' starts a comment. Each job
-# runs its CONFIG with every runs/<folder> in it renamed runs/device/JOB. ACCELERATOR=cpu
+# runs its CONFIG with every runs/<folder> in it renamed runs/device/JOB (and a CSVLogger for
+# its WandbLogger where wandb is not installed). ACCELERATOR=cpu
 # runs the same on a machine without a GPU (scripts/device/smoke.plan: a minute's check).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -27,6 +28,9 @@ jobs=()
 while read -r job name config average overrides; do
     [[ -z "$job" || "$job" == \#* ]] && continue
     sed "s#runs/[A-Za-z0-9_.]*#runs/device/$job#g" "$config" > "runs/device/$job.yaml"
+    if ! python3 -c "import wandb" 2>/dev/null; then  # the GPU image has no wandb: log to CSV files instead
+        sed -i -e "s/loggers.WandbLogger/loggers.CSVLogger/" -e "/^ *project: /d" "runs/device/$job.yaml"
+    fi
     # shellcheck disable=SC2086  # the overrides are words
     python3 -m zoo.cli fit --config "runs/device/$job.yaml" --trainer.max_time "$max_time" \
         ${ACCELERATOR:+--trainer.accelerator $ACCELERATOR} $overrides > "$out/$job.log" 2>&1 &
