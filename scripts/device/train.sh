@@ -33,7 +33,7 @@ while read -r job name config average overrides; do
     fi
     # shellcheck disable=SC2086  # the overrides are words
     python3 -m zoo.cli fit --config "runs/device/$job.yaml" --trainer.max_time "$max_time" \
-        ${ACCELERATOR:+--trainer.accelerator $ACCELERATOR} $overrides > "$out/$job.log" 2>&1 &
+        ${ACCELERATOR:+--trainer.accelerator $ACCELERATOR} $overrides < /dev/null > "$out/$job.log" 2>&1 &
     jobs+=("$job $name $config $average $!")
 done < "$plan"
 
