@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import wandb
 
 import zoo
 from zoo.data.pixels import PixelDataModule
@@ -26,12 +27,13 @@ def tiny_digits_run(folder: Path, shift: int) -> Path:
         "--trainer.precision", "32-true", "--trainer.max_steps", "2", "--trainer.val_check_interval", "2",
         "--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar", "false",
     ])
+    wandb.finish()  # else the next test's WandbLogger joins this run
     return folder / "runs" / "image_transformer_small.digits" / "checkpoints"
 
 
 @pytest.fixture
 def two_runs(tmp_path, monkeypatch):
-    monkeypatch.setenv("WANDB_MODE", "disabled")
+    monkeypatch.setenv("WANDB_MODE", "offline")  # "disabled" would stick in wandb's process-wide settings
     monkeypatch.chdir(tmp_path)  # restored afterwards
     soup = tmp_path / "soup"
     soup.mkdir()

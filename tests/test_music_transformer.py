@@ -263,9 +263,7 @@ def test_trains_a_few_steps_on_chorales(tmp_path):
     trainer.fit(model, dm)
     after = trainer.validate(model, dm, verbose=False)[0]["val/loss"]
     assert after < before - 0.5
-    # each validation drew a sample and logged its piano roll (on disk once the run is finished:
-    # under load, W&B's writer had not yet written the image when the test looked)
-    logger.experiment.finish()
+    # each validation drew a sample and logged its piano roll
     assert list(tmp_path.glob("wandb/*/files/media/images/samples/piano_roll*.png"))
 
 
