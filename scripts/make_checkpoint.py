@@ -244,15 +244,16 @@ def main() -> None:
         model.load_state_dict(average_state(paths))
 
     dm, data = data_modules(paths, model.tokenizers)
+    is_music = type(dm).__name__ == "MIDIDataModule"
     test_split = f"test ({len(dm.labels('test'))} held-out images)" if is_image else "test_2016_flickr"
-    if type(dm).__name__ == "MIDIDataModule":
+    if is_music:
         test_split = "the data set's validation and test pieces, whole"
     save_pretrained(model, out, dtype=args.dtype, data={**data, "test_split": test_split})
 
     stored = zoo.load(str(out))  # measure what was stored, not what was trained
     if is_image:
         metrics, reproduce, timing = measure_image(stored, dm, out)
-    elif type(dm).__name__ == "MIDIDataModule":
+    elif is_music:
         metrics, reproduce, timing = measure_music(stored, dm)
     else:
         metrics, reproduce, timing = (measure_lm if is_lm else measure_translation)(stored, dm)
