@@ -75,19 +75,19 @@ def data_modules(paths: list[Path], tokenizers) -> tuple[Any, dict]:
     them: a description entry that differs between averaged checkpoints (say, one run with
     shift augmentation, one without) becomes ``{"per checkpoint": {file name: value}}``."""
     settings = [torch.load(p, map_location="cpu", weights_only=True)["datamodule_hyper_parameters"] for p in paths]
+    keys = [json.dumps(hp, sort_keys=True, default=str) for hp in settings]
     built: dict[str, tuple[Any, dict]] = {}
-    for hp in settings:
-        key = json.dumps(hp, sort_keys=True, default=str)
+    for key, hp in zip(keys, settings):
         if key not in built:
             dm = data_module(hp, tokenizers)
             built[key] = dm, dm.describe()
-    described = [built[json.dumps(hp, sort_keys=True, default=str)][1] for hp in settings]
+    described = [built[key][1] for key in keys]
     data: dict[str, Any] = {}
-    for key in dict.fromkeys(k for d in described for k in d):
-        values = [d.get(key) for d in described]
-        data[key] = values[0] if all(v == values[0] for v in values) else \
+    for name in dict.fromkeys(k for d in described for k in d):
+        values = [d.get(name) for d in described]
+        data[name] = values[0] if all(v == values[0] for v in values) else \
             {"per checkpoint": {p.name: v for p, v in zip(paths, values)}}
-    return built[json.dumps(settings[0], sort_keys=True, default=str)][0], data
+    return built[keys[0]][0], data
 
 
 def model_cards_section(name: str, path: Path = Path("MODEL_CARDS.md")) -> str | None:

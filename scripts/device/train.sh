@@ -24,11 +24,13 @@ export PYTHONPATH=$PWD:${PYTHONPATH:-} ZOO_DATA_DIR=${ZOO_DATA_DIR:-$PWD/.devdat
 max_time=$(printf "00:00:%02d:%02d" $((seconds / 60)) $((seconds % 60)))
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 
+csv_logger=0
+python3 -c "import wandb" 2>/dev/null || csv_logger=1  # the GPU image has no wandb: log to CSV files instead
 jobs=()
 while read -r job name config average overrides; do
     [[ -z "$job" || "$job" == \#* ]] && continue
     sed "s#runs/[A-Za-z0-9_.]*#runs/device/$job#g" "$config" > "runs/device/$job.yaml"
-    if ! python3 -c "import wandb" 2>/dev/null; then  # the GPU image has no wandb: log to CSV files instead
+    if ((csv_logger)); then
         sed -i -e "s/loggers.WandbLogger/loggers.CSVLogger/" -e "/^ *project: /d" "runs/device/$job.yaml"
     fi
     # shellcheck disable=SC2086  # the overrides are words
