@@ -112,3 +112,17 @@ def test_a_setting_with_a_zero_table_grows_and_one_that_changes_shapes_is_refuse
     with pytest.raises(SystemExit, match="zoo.grow: the grown network differs from the source by .*; nothing written"):
         main([str(tmp_path / "m"), "--set", "block_len=8", "--out", str(tmp_path / "out")])  # local attention: another function
     assert not (tmp_path / "out").exists()
+
+
+
+def test_the_readme_grows_each_published_folder_to_more_layers_than_it_has():
+    """The README's example must keep working as the published weights get deeper."""
+    import re
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    examples = re.findall(r"python -m zoo\.grow (\S+) --layers (\d+)", (repo / "README.md").read_text())
+    assert examples, "the README no longer shows zoo.grow --layers"
+    for folder, layers in examples:
+        have = zoo.load(str(repo / folder)).net.config.layers
+        assert int(layers) > have, f"the README grows {folder} to {layers} layers, but it has {have} already"
