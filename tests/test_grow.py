@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import lightning as L
 import pytest
 import torch
@@ -114,12 +117,8 @@ def test_a_setting_with_a_zero_table_grows_and_one_that_changes_shapes_is_refuse
     assert not (tmp_path / "out").exists()
 
 
-
 def test_the_readme_grows_each_published_folder_to_more_layers_than_it_has():
     """The README's example must keep working as the published weights get deeper."""
-    import re
-    from pathlib import Path
-
     repo = Path(__file__).resolve().parents[1]
     examples = re.findall(r"python -m zoo\.grow (\S+) --layers (\d+)", (repo / "README.md").read_text())
     assert examples, "the README no longer shows zoo.grow --layers"
