@@ -1,6 +1,6 @@
 """Grow a checkpoint without changing what it computes, to train on from there.
 
-    python -m zoo.grow checkpoints/image_transformer_small.mnist --layers 16 \
+    python -m zoo.grow checkpoints/image_transformer_small.mnist --layers 20 \
         --out runs/image_transformer_small.mnist.deeper/grown
     python -m zoo.grow checkpoints/music_transformer_small.jsb --set relative_pitch=36 \
         --out runs/music_transformer_small.jsb.stage3/grown
