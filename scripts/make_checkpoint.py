@@ -61,6 +61,22 @@ def average_state(paths: list[Path]) -> dict[str, torch.Tensor]:
     return {k: (v / len(paths)).float() if v.is_floating_point() else v for k, v in total.items()}
 
 
+def write_slim(paths: list[Path], dest: Path, dtype: str) -> None:
+    """The (averaged) weights of ``paths`` as a small Lightning checkpoint: the first one's
+    settings and tokenizers, its weights in ``dtype``, no optimizer or loop state. The GPU
+    plan writes these so that measuring can happen on a machine whose time costs less."""
+    ckpt = torch.load(paths[0], map_location="cpu", weights_only=True)
+    state = average_state(paths) if len(paths) > 1 else ckpt["state_dict"]
+    slim = {k: v for k, v in ckpt.items() if k not in ("optimizer_states", "lr_schedulers", "loops", "callbacks")}
+    slim["state_dict"] = {k: v.to(getattr(torch, dtype)) if v.is_floating_point() else v for k, v in state.items()}
+    slim["averaged"] = [p.name for p in paths]
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(dest.name + ".tmp")
+    torch.save(slim, tmp)
+    tmp.replace(dest)  # atomic: a half-written file never carries the final name
+    print(f"wrote {dest} ({dest.stat().st_size / 1e6:.1f} MB) from", *map(str, paths), sep="\n  ")
+
+
 def data_module(hparams: dict, tokenizers):
     """The run's data module, as it was configured, with the model's tokenizers and the whole test split."""
     cls = import_path(hparams["_class_path"])
@@ -218,6 +234,9 @@ def main() -> None:
                    help="the config that trained it, last stage of several (default configs/NAME.yaml)")
     p.add_argument("--card-only", action="store_true",
                    help="only rewrite the folder's README.md card from its config.json and MODEL_CARDS.md")
+    p.add_argument("--slim", type=Path, default=None,
+                   help="only write the (averaged) weights to this small .ckpt (--dtype, no optimizer state), "
+                        "to publish and measure later with this script")
     args = p.parse_args()
     torch.manual_seed(0)
     out = Path(args.out or zoo.hub.checkpoints_dir() / args.name)
@@ -236,6 +255,9 @@ def main() -> None:
     is_lm = task_cls.task_name == "lm"
     is_image = task_cls.task_name == "image"
     paths = pick_checkpoints(args.run, args.average, higher_is_better=not (is_lm or is_image))
+    if args.slim:
+        write_slim(paths, args.slim, args.dtype)
+        return
     print("from:", *map(str, paths), sep="\n  ")
     model = task_cls.load_from_checkpoint(paths[0], map_location="cpu")
     if model.tokenizers is None:
@@ -261,7 +283,7 @@ def main() -> None:
     config = read_config(out)
     recipe = Path(args.recipe or Path("configs") / f"{args.name}.yaml")
     config.update(name=args.name, description=args.description, metrics=metrics, reproduce=reproduce,
-                  averaged=[p.name for p in paths])
+                  averaged=meta.get("averaged") or [p.name for p in paths])
     for key in ("baselines", "val_nll_by_position"):  # beside the metrics: baselines, diagnostics
         if key in reproduce:
             config[key] = reproduce.pop(key)

@@ -1,17 +1,23 @@
 #!/usr/bin/env bash
 # Run THERE, on the GPU machine the device tool lends (after scripts/device/prepare.sh here):
 #
-#   bash scripts/device/train.sh PLAN SECONDS      carry: [".whl", ".devdata"]
+#   bash scripts/device/train.sh PLAN SECONDS      carry: [".whl", ".devdata", and what PLAN reads]
 #
-# trains the jobs of PLAN side by side on the one GPU, each for SECONDS, then publishes each
-# job's average of its best checkpoints with scripts/make_checkpoint.py (measured with the
-# stored float16 weights, on that machine's CPU) and packs the folder into $OUT/JOB.tar,
-# with the job's log as $OUT/JOB.log. Unpack here with `tar -xf JOB.tar -C runs/`.
+# trains the jobs of PLAN side by side on the one GPU, each for SECONDS, then writes each
+# job's average of its best checkpoints as a small float16 .ckpt (make_checkpoint.py --slim)
+# and packs it with the job's log and metrics into $OUT/JOB.tar (at most 8 jobs: the device
+# tool brings back 8 files). Measuring and publishing happen here, where time costs less:
+#
+#   tar -xf JOB.tar -C runs/device && python scripts/make_checkpoint.py runs/device/JOB/JOB.ckpt \
+#       --name NAME --recipe CONFIG --out runs/export/JOB
 #
 # A PLAN line: JOB NAME CONFIG AVERAGE [zoo fit overrides...]; '#' starts a comment. Each job
 # runs its CONFIG with every runs/<folder> in it renamed runs/device/JOB (and a CSVLogger for
-# its WandbLogger where wandb is not installed). ACCELERATOR=cpu
-# runs the same on a machine without a GPU (scripts/device/smoke.plan: a minute's check).
+# its WandbLogger where wandb is not installed). ACCELERATOR=cpu runs the same on a machine
+# without a GPU and EXTRA adds overrides to every job; a few minutes' check of a plan here:
+#
+#   ACCELERATOR=cpu EXTRA="--trainer.limit_train_batches=2 --trainer.limit_val_batches=1 \
+#       --trainer.check_val_every_n_epoch=1 --trainer.max_epochs=2" bash scripts/device/train.sh PLAN 600
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 plan=$1 seconds=$2 out=${OUT:-runs/device/out}
@@ -34,17 +40,27 @@ while read -r job name config average overrides; do
         sed -i -e "s/loggers.WandbLogger/loggers.CSVLogger/" -e "/^ *project: /d" "runs/device/$job.yaml"
     fi
     # shellcheck disable=SC2086  # the overrides are words
-    python3 -m zoo.cli fit --config "runs/device/$job.yaml" --trainer.max_time "$max_time" \
-        ${ACCELERATOR:+--trainer.accelerator $ACCELERATOR} $overrides < /dev/null > "$out/$job.log" 2>&1 &
+    timeout $((seconds + 120)) python3 -m zoo.cli fit --config "runs/device/$job.yaml" --trainer.max_time "$max_time" \
+        ${ACCELERATOR:+--trainer.accelerator $ACCELERATOR} $overrides ${EXTRA:-} < /dev/null > "runs/device/$job.log" 2>&1 &
     jobs+=("$job $name $config $average $!")
 done < "$plan"
 
-for entry in "${jobs[@]}"; do
+for entry in "${jobs[@]}"; do  # training first, all of it: the GPU is shared until the last job ends
     read -r job name config average pid <<< "$entry"
-    if ! wait "$pid"; then echo "$job: training failed, see $job.log"; tail -5 "$out/$job.log"; continue; fi
+    wait "$pid" || echo "$job: training failed or was cut short, see $job.log in $job.tar"
+    ls "runs/device/$job/checkpoints" 2>/dev/null | sed "s/^/$job: kept /"  # each one's validation figure
+done
+for entry in "${jobs[@]}"; do  # then each job's slim average, side by side on the CPU cores
+    read -r job name config average pid <<< "$entry"
+    mkdir -p "runs/device/pack/$job"
     python3 scripts/make_checkpoint.py "runs/device/$job/checkpoints" --name "$name" --average "$average" \
-        --dtype float16 --recipe "$config" --out "runs/device/export/$job" >> "$out/$job.log" 2>&1 \
-        && tar -cf "$out/$job.tar" -C runs/device/export "$job" \
-        && echo "$job: $(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['metrics'])" "runs/device/export/$job/config.json")" \
-        || { echo "$job: export failed, see $job.log"; tail -5 "$out/$job.log"; }
+        --dtype float16 --slim "runs/device/pack/$job/$job.ckpt" >> "runs/device/$job.log" 2>&1 \
+        || echo "$job: export failed" &
+done
+wait
+for entry in "${jobs[@]}"; do
+    read -r job _ <<< "$entry"
+    cp "runs/device/$job.log" "runs/device/pack/$job/"
+    find "runs/device/$job" -name metrics.csv -exec cp {} "runs/device/pack/$job/" \;
+    tar -cf "$out/$job.tar" -C runs/device/pack "$job"
 done
