@@ -125,3 +125,27 @@ def test_the_readme_grows_each_published_folder_to_more_layers_than_it_has():
     for folder, layers in examples:
         have = zoo.load(str(repo / folder)).net.config.layers
         assert int(layers) > have, f"the README grows {folder} to {layers} layers, but it has {have} already"
+
+
+def test_a_run_started_from_a_folder_loads_after_the_folder_is_gone(tmp_path):
+    """A Lightning checkpoint holds the architecture it was built with: publishing deeper weights
+    to the folder a run started from (or deleting it) must not break loading that run."""
+    import shutil
+
+    from zoo.tasks.image import ImageTask
+
+    start, dm = saved_image_model(tmp_path / "start", "class_conditional")
+    hparams = {k: v for k, v in start.hparams.items() if k not in ("arch", "arch_args", "init_from")}
+    model = ImageTask(**hparams, arch_args={"dropout": 0.0}, init_from=str(tmp_path / "start"))
+    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0,
+                        default_root_dir=tmp_path)
+    trainer.fit(model, dm)
+    trainer.save_checkpoint(tmp_path / "run.ckpt")
+    shutil.rmtree(tmp_path / "start")
+    loaded = ImageTask.load_from_checkpoint(tmp_path / "run.ckpt", map_location="cpu")
+    assert loaded.hparams.init_from is None and loaded.hparams.arch_args["dropout"] == 0.0
+    assert torch.load(tmp_path / "run.ckpt", weights_only=True)["zoo_init_from"] == str(tmp_path / "start")
+    for k, v in model.net.state_dict().items():
+        assert torch.equal(loaded.net.state_dict()[k], v), k
+    assert loaded.tokenizers is not None

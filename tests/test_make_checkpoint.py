@@ -66,3 +66,32 @@ def test_an_averaged_checkpoint_is_measured_and_says_how_its_runs_differed(tmp_p
     bpd = stored.bits_per_dim(dm.images("test")[:first], labels=dm.labels("test")[:first])
     assert first == 100 and abs(bpd - config["reproduce"]["bpd"]) < 1e-3
     assert abs(stored.bits_per_dim(dm, split="test") - config["metrics"]["bpd"]) < 1e-3
+
+
+def test_a_slim_average_travels_small_and_publishes_as_its_runs(tmp_path, two_runs):
+    """--slim: the mean of the runs in float16 with no optimizer state (what a GPU machine sends
+    back), which the script then publishes and measures like the runs themselves."""
+    import torch
+
+    from zoo.tasks.image import ImageTask
+
+    script = [sys.executable, str(REPO / "scripts" / "make_checkpoint.py")]
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    slim = tmp_path / "slim" / "mean.ckpt"
+    done = subprocess.run([*script, str(two_runs), "--name", "image_transformer_tiny.test", "--average", "2",
+                           "--slim", str(slim)], capture_output=True, text=True, timeout=600, cwd=REPO, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    ckpt = torch.load(slim, weights_only=True)
+    assert "optimizer_states" not in ckpt and sorted(ckpt["averaged"]) == sorted(p.name for p in two_runs.iterdir())
+    runs = [torch.load(p, weights_only=True)["state_dict"] for p in two_runs.iterdir()]
+    for k, v in ckpt["state_dict"].items():
+        if v.is_floating_point():
+            assert v.dtype == torch.float16
+            torch.testing.assert_close(v.float(), ((runs[0][k] + runs[1][k]) / 2).half().float(), atol=0, rtol=0)
+    assert ImageTask.load_from_checkpoint(slim, map_location="cpu").tokenizers is not None
+    out = tmp_path / "published"
+    done = subprocess.run([*script, str(slim), "--name", "image_transformer_tiny.test", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600, cwd=REPO, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    config = json.loads((out / "config.json").read_text())
+    assert config["averaged"] == ckpt["averaged"] and config["metrics"]["bpd"] > 0

@@ -45,8 +45,7 @@ class ZooModule(L.LightningModule):
     task_name: str = ""
     tokenizers: Any = None
 
-    @staticmethod
-    def resolve_start(arch: str, arch_args: dict[str, Any] | None, init_from: str | None) -> tuple[str, dict[str, Any], Any]:
+    def resolve_start(self, arch: str, arch_args: dict[str, Any] | None, init_from: str | None) -> tuple[str, dict[str, Any], Any]:
         """Fine-tuning: the pretrained checkpoint's architecture and config, ``arch_args`` on top."""
         arch_args = dict(arch_args or {})
         if not init_from:
@@ -55,7 +54,9 @@ class ZooModule(L.LightningModule):
 
         start = read_pretrained(init_from)
         hparams = start.config["hparams"]
-        return hparams["arch"], {**hparams.get("arch_args", {}), **arch_args}, start
+        arch, arch_args = hparams["arch"], {**hparams.get("arch_args", {}), **arch_args}
+        self._resolved_start = {"arch": arch, "arch_args": dict(arch_args)}  # for on_save_checkpoint
+        return arch, arch_args, start
 
     def take_start(self, start: Any) -> None:
         """Load the pretrained weights (strictly) and vocabulary resolved by :meth:`resolve_start`."""
@@ -109,6 +110,13 @@ class ZooModule(L.LightningModule):
         # Lightning checkpoints are our own training files: keep the vocabulary with them
         if self.tokenizers is not None:
             checkpoint["zoo_tokenizers"] = [t.to_str() for t in self.tokenizers]
+        # ... and the architecture as built, so that loading one never reads the folder it started
+        # from (which may since hold other weights, of another depth); the folder stays on record
+        hp = checkpoint.get(self.CHECKPOINT_HYPER_PARAMS_KEY)
+        resolved = getattr(self, "_resolved_start", None)
+        if hp is not None and hp.get("init_from") and resolved is not None:
+            checkpoint[self.CHECKPOINT_HYPER_PARAMS_KEY] = {**hp, **resolved, "init_from": None}
+            checkpoint["zoo_init_from"] = hp["init_from"]
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "zoo_tokenizers" in checkpoint:
