@@ -32,7 +32,7 @@ import torch
 
 import zoo
 from zoo.card import write_card
-from zoo.hub import CARD, CONFIG, _write_text, read_config, save_pretrained
+from zoo.hub import CARD, CONFIG, _atomic, _write_text, read_config, save_pretrained
 from zoo.metrics import TokenNLL, translation_scores
 
 
@@ -66,14 +66,12 @@ def write_slim(paths: list[Path], dest: Path, dtype: str) -> None:
     settings and tokenizers, its weights in ``dtype``, no optimizer or loop state. The GPU
     plan writes these so that measuring can happen on a machine whose time costs less."""
     ckpt = torch.load(paths[0], map_location="cpu", weights_only=True)
-    state = average_state(paths) if len(paths) > 1 else ckpt["state_dict"]
     slim = {k: v for k, v in ckpt.items() if k not in ("optimizer_states", "lr_schedulers", "loops", "callbacks")}
-    slim["state_dict"] = {k: v.to(getattr(torch, dtype)) if v.is_floating_point() else v for k, v in state.items()}
+    slim["state_dict"] = {k: v.to(getattr(torch, dtype)) if v.is_floating_point() else v
+                          for k, v in average_state(paths).items()}
     slim["averaged"] = [p.name for p in paths]
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + ".tmp")
-    torch.save(slim, tmp)
-    tmp.replace(dest)  # atomic: a half-written file never carries the final name
+    _atomic(dest, lambda tmp: torch.save(slim, tmp))
     print(f"wrote {dest} ({dest.stat().st_size / 1e6:.1f} MB) from", *map(str, paths), sep="\n  ")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import lightning as L
@@ -13,6 +14,7 @@ import zoo
 from zoo.data.midi import ChoraleTokenizer
 from zoo.data.pixels import PixelDataModule
 from zoo.grow import copies_per_layer, grow, grow_state, layer_stack, main, max_difference
+from zoo.tasks.image import ImageTask
 
 
 def saved_chorale_model(folder):
@@ -130,10 +132,6 @@ def test_the_readme_grows_each_published_folder_to_more_layers_than_it_has():
 def test_a_run_started_from_a_folder_loads_after_the_folder_is_gone(tmp_path):
     """A Lightning checkpoint holds the architecture it was built with: publishing deeper weights
     to the folder a run started from (or deleting it) must not break loading that run."""
-    import shutil
-
-    from zoo.tasks.image import ImageTask
-
     start, dm = saved_image_model(tmp_path / "start", "class_conditional")
     hparams = {k: v for k, v in start.hparams.items() if k not in ("arch", "arch_args", "init_from")}
     model = ImageTask(**hparams, arch_args={"dropout": 0.0}, init_from=str(tmp_path / "start"))
