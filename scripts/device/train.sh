@@ -64,3 +64,24 @@ for entry in "${jobs[@]}"; do
     find "runs/device/$job" -name metrics.csv -exec cp {} "runs/device/pack/$job/" \;
     tar -cf "$out/$job.tar" -C runs/device/pack "$job"
 done
+# Each job's best kept validation figure, on stdout (the device tool's reply shows it even for
+# a tar left behind); then, while the tars exceed what the tool brings back (64 MiB, less a
+# margin), the tar of the job ranked worst within its NAME goes, the largest group first.
+python3 - "$out" "${jobs[@]}" <<'PY'
+import os, re, sys
+out, entries = sys.argv[1], [e.split() for e in sys.argv[2:]]
+best = {}
+for job, name, *_ in entries:
+    folder = f"runs/device/{job}/checkpoints"
+    vals = [float(m.group(1)) for f in (os.listdir(folder) if os.path.isdir(folder) else [])
+            if (m := re.search(r"-(\d+\.\d+)(-v\d+)?\.ckpt$", f))]
+    best[job] = (name, min(vals) if vals else float("inf"))
+    print(f"{job}: best kept validation figure {best[job][1]:.4f} ({name})")
+def size(): return sum(os.path.getsize(f"{out}/{j}.tar") for j in best if os.path.exists(f"{out}/{j}.tar"))
+while size() > 60 * 2**20:
+    left = [j for j in best if os.path.exists(f"{out}/{j}.tar")]
+    group = lambda j: [k for k in left if best[k][0] == best[j][0]]
+    worst = max(left, key=lambda j: (len(group(j)), sorted(best[k][1] for k in group(j)).index(best[j][1])))
+    os.remove(f"{out}/{worst}.tar")
+    print(f"{worst}: tar left behind, to bring back at most 60 MiB")
+PY
