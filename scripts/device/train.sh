@@ -26,10 +26,12 @@ if ls .whl/*.whl >/dev/null 2>&1; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
     export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
 fi
-export PYTHONPATH=$PWD:${PYTHONPATH:-} ZOO_DATA_DIR=${ZOO_DATA_DIR:-$PWD/.devdata} WANDB_MODE=disabled PYTHONUNBUFFERED=1
+export PYTHONPATH=$PWD:${PYTHONPATH:-} ZOO_DATA_DIR=${ZOO_DATA_DIR:-$PWD/.devdata} WANDB_MODE=disabled PYTHONUNBUFFERED=1 \
+    PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}  # several jobs share the GPU memory
 max_time=$(printf "00:00:%02d:%02d" $((seconds / 60)) $((seconds % 60)))
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 
+(sleep 240; nvidia-smi --query-gpu=utilization.gpu,memory.used,memory.total --format=csv) &  # the GPU's load, mid-run
 csv_logger=0
 python3 -c "import wandb" 2>/dev/null || csv_logger=1  # the GPU image has no wandb: log to CSV files instead
 jobs=()
