@@ -31,7 +31,7 @@ export PYTHONPATH=$PWD:${PYTHONPATH:-} ZOO_DATA_DIR=${ZOO_DATA_DIR:-$PWD/.devdat
 max_time=$(printf "00:00:%02d:%02d" $((seconds / 60)) $((seconds % 60)))
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 
-(sleep 240; nvidia-smi --query-gpu=utilization.gpu,memory.used,memory.total --format=csv) &  # the GPU's load, mid-run
+command -v nvidia-smi >/dev/null && (sleep 240; nvidia-smi --query-gpu=utilization.gpu,memory.used,memory.total --format=csv) &  # the GPU's load, mid-run
 csv_logger=0
 python3 -c "import wandb" 2>/dev/null || csv_logger=1  # the GPU image has no wandb: log to CSV files instead
 jobs=()
