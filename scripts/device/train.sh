@@ -17,7 +17,11 @@
 # without a GPU and EXTRA adds overrides to every job; a few minutes' check of a plan here:
 #
 #   ACCELERATOR=cpu EXTRA="--trainer.limit_train_batches=2 --trainer.limit_val_batches=1 \
-#       --trainer.check_val_every_n_epoch=1 --trainer.max_epochs=2" bash scripts/device/train.sh PLAN 600
+#       --trainer.check_val_every_n_epoch=1 --trainer.max_epochs=2 --data.init_args.batch_size=4 \
+#       --data.init_args.eval_batch_size=8 --data.init_args.num_workers=1" bash scripts/device/train.sh PLAN 600
+#
+# (small batches: four of the plan's jobs at their own batch sizes, in fp32 on the CPU, took
+# 4.3 GB each and were killed for memory on a 24 GiB machine).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 plan=$1 seconds=$2 out=${OUT:-runs/device/out}
