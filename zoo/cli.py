@@ -191,20 +191,21 @@ def _lightning(argv: list[str]) -> Any:
     parser_kwargs: dict[str, Any] = {"exit_on_error": False, **{c: {"exit_on_error": False} for c in LIGHTNING_COMMANDS}}
     if _has_omegaconf():
         parser_kwargs["parser_mode"] = "omegaconf"
-    cli = ZooCLI(
-        ZooModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        args=argv,
-        save_config_kwargs={"overwrite": True},
-        parser_kwargs=parser_kwargs,
-    )
-    close_process_group()
-    return cli
+    try:
+        return ZooCLI(
+            ZooModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            args=argv,
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs=parser_kwargs,
+        )
+    finally:
+        _close_process_group()
 
 
-def close_process_group() -> None:
-    """Destroy the distributed process group a finished command leaves behind.
+def _close_process_group() -> None:
+    """Destroy the distributed process group a command leaves behind, finished or failed.
 
     Lightning destroys only NCCL groups at exit. A gloo group (DDP on CPU) left to interpreter
     shutdown aborts the process there about one time in ten ("terminate called without an active

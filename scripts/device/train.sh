@@ -72,7 +72,7 @@ for entry in "${jobs[@]}"; do
 done
 # Each job's best kept validation figure, on stdout (the device tool's reply shows it even for
 # a tar left behind); then, while the tars exceed what the tool brings back (64 MiB, less a
-# margin), the tar of the job ranked worst within its NAME goes, the largest group first.
+# margin), the worst job's tar of the NAME with the most tars left goes.
 python3 - "$out" "${jobs[@]}" <<'PY'
 import os, re, sys
 out, entries = sys.argv[1], [e.split() for e in sys.argv[2:]]
@@ -85,9 +85,11 @@ for job, name, *_ in entries:
     print(f"{job}: best kept validation figure {best[job][1]:.4f} ({name})")
 def size(): return sum(os.path.getsize(f"{out}/{j}.tar") for j in best if os.path.exists(f"{out}/{j}.tar"))
 while size() > 60 * 2**20:
-    left = [j for j in best if os.path.exists(f"{out}/{j}.tar")]
-    group = lambda j: [k for k in left if best[k][0] == best[j][0]]
-    worst = max(left, key=lambda j: (len(group(j)), sorted(best[k][1] for k in group(j)).index(best[j][1])))
+    groups = {}
+    for job in best:
+        if os.path.exists(f"{out}/{job}.tar"):
+            groups.setdefault(best[job][0], []).append(job)
+    worst = max(max(groups.values(), key=len), key=lambda job: best[job][1])
     os.remove(f"{out}/{worst}.tar")
     print(f"{worst}: tar left behind, to bring back at most 60 MiB")
 PY
