@@ -5,7 +5,8 @@
 
 RUN is a Lightning .ckpt file, or a folder of them named ``{epoch}-{metric}.ckpt``: then
 the best one, or with ``--average N`` the mean of the N best (highest BLEU, lowest
-perplexity).
+perplexity). Image models can be calibrated first (``--calibrate``): a temperature fitted on
+the validation split is folded into the output layer (zoo/calibrate.py).
 
 Writes checkpoints/NAME/ (config.json, model.safetensors, tokenizer.json, README.md), then
 reloads that folder and measures it on the test split with the data settings the run was
@@ -232,6 +233,9 @@ def main() -> None:
                    help="the config that trained it, last stage of several (default configs/NAME.yaml)")
     p.add_argument("--card-only", action="store_true",
                    help="only rewrite the folder's README.md card from its config.json and MODEL_CARDS.md")
+    p.add_argument("--calibrate", action="store_true",
+                   help="image models: fit a temperature on the validation split and fold it into the output "
+                        "layer before storing (zoo/calibrate.py); config.json records it")
     p.add_argument("--slim", type=Path, default=None,
                    help="only write the (averaged) weights to this small .ckpt (--dtype, no optimizer state), "
                         "to publish and measure later with this script")
@@ -264,6 +268,14 @@ def main() -> None:
         model.load_state_dict(average_state(paths))
 
     dm, data = data_modules(paths, model.tokenizers)
+    calibration = None
+    if args.calibrate:
+        if not is_image:
+            raise SystemExit("--calibrate is for image models (a softmax over intensities); this run is not one")
+        from zoo.calibrate import calibrate_image_model
+
+        calibration = calibrate_image_model(model, dm)
+        print("calibrated:", json.dumps(calibration))
     is_music = type(dm).__name__ == "MIDIDataModule"
     test_split = f"test ({len(dm.labels('test'))} held-out images)" if is_image else "test_2016_flickr"
     if is_music:
@@ -282,6 +294,8 @@ def main() -> None:
     recipe = Path(args.recipe or Path("configs") / f"{args.name}.yaml")
     config.update(name=args.name, description=args.description, metrics=metrics, reproduce=reproduce,
                   averaged=meta.get("averaged") or [p.name for p in paths])
+    if calibration:
+        config["calibration"] = calibration
     for key in ("baselines", "val_nll_by_position"):  # beside the metrics: baselines, diagnostics
         if key in reproduce:
             config[key] = reproduce.pop(key)

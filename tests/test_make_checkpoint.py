@@ -90,8 +90,14 @@ def test_a_slim_average_travels_small_and_publishes_as_its_runs(tmp_path, two_ru
             torch.testing.assert_close(v.float(), ((runs[0][k] + runs[1][k]) / 2).half().float(), atol=0, rtol=0)
     assert ImageTask.load_from_checkpoint(slim, map_location="cpu").tokenizers is not None
     out = tmp_path / "published"
-    done = subprocess.run([*script, str(slim), "--name", "image_transformer_tiny.test", "--out", str(out)],
+    done = subprocess.run([*script, str(slim), "--name", "image_transformer_tiny.test", "--out", str(out), "--calibrate"],
                           capture_output=True, text=True, timeout=600, cwd=REPO, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     config = json.loads((out / "config.json").read_text())
     assert config["averaged"] == ckpt["averaged"] and config["metrics"]["bpd"] > 0
+    # --calibrate: a temperature fitted on the validation split, folded into the stored weights
+    cal = config["calibration"]
+    assert cal["fitted_on"] == "val" and cal["temperature"] > 0 and cal["val_bpd_after"] <= cal["val_bpd_before"]
+    stored = zoo.load(str(out))
+    dm = PixelDataModule(source="digits", task="class_conditional")
+    assert abs(stored.bits_per_dim(dm, split="val") - cal["val_bpd_after"]) < 1e-3
