@@ -27,10 +27,14 @@ import torch
 from torch import Tensor, nn
 
 
-def temperature_nll(logits: Tensor, targets: Tensor, temperature: float) -> float:
-    """Mean NLL in nats of ``targets`` (N,) under ``softmax(logits / temperature)`` (N, K)."""
-    scaled = logits.double() / temperature
-    return float((scaled.logsumexp(-1) - scaled.gather(-1, targets[:, None]).squeeze(-1)).mean())
+def temperature_nll(logits: Tensor, targets: Tensor, temperature: float, chunk: int = 65536) -> float:
+    """Mean NLL in nats of ``targets`` (N,) under ``softmax(logits / temperature)`` (N, K),
+    summed in float64 over chunks of ``chunk`` rows (a validation split's logits are large)."""
+    total = 0.0
+    for i in range(0, len(targets), chunk):
+        scaled = logits[i : i + chunk].double() / temperature
+        total += float((scaled.logsumexp(-1) - scaled.gather(-1, targets[i : i + chunk, None]).squeeze(-1)).sum())
+    return total / max(len(targets), 1)
 
 
 def fit_temperature(logits: Tensor, targets: Tensor, steps: int = 50, chunk: int = 65536) -> float:
@@ -56,14 +60,14 @@ def fit_temperature(logits: Tensor, targets: Tensor, steps: int = 50, chunk: int
             curv += float((p * z * z).sum(-1).sub(mean * mean).sum())
         return grad / len(targets), curv / len(targets)
 
-    b, nll = 1.0, temperature_nll(logits, targets, 1.0)
+    b, nll = 1.0, temperature_nll(logits, targets, 1.0, chunk)
     for _ in range(steps):
         grad, curv = derivatives(b)
         step = grad / curv if curv > 0 else math.copysign(0.1 * b, grad)
         while True:
             trial = b - step
             if trial > 0:
-                trial_nll = temperature_nll(logits, targets, 1.0 / trial)
+                trial_nll = temperature_nll(logits, targets, 1.0 / trial, chunk)
                 if trial_nll <= nll:
                     break
             step /= 2
