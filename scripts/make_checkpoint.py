@@ -256,6 +256,10 @@ def main() -> None:
     task_cls = import_path(meta["hyper_parameters"].get("_class_path", "zoo.tasks.translation.TranslationTask"))
     is_lm = task_cls.task_name == "lm"
     is_image = task_cls.task_name == "image"
+    if args.calibrate and not is_image:
+        raise SystemExit("--calibrate is for image models (a softmax over intensities); this run is not one")
+    if args.calibrate and args.slim:
+        raise SystemExit("--calibrate needs the run's validation data: calibrate when publishing the slim checkpoint, not with --slim")
     paths = pick_checkpoints(args.run, args.average, higher_is_better=not (is_lm or is_image))
     if args.slim:
         write_slim(paths, args.slim, args.dtype)
@@ -270,8 +274,6 @@ def main() -> None:
     dm, data = data_modules(paths, model.tokenizers)
     calibration = None
     if args.calibrate:
-        if not is_image:
-            raise SystemExit("--calibrate is for image models (a softmax over intensities); this run is not one")
         from zoo.calibrate import calibrate_image_model
 
         calibration = calibrate_image_model(model, dm)
