@@ -6,7 +6,8 @@
 RUN is a Lightning .ckpt file, or a folder of them named ``{epoch}-{metric}.ckpt``: then
 the best one, or with ``--average N`` the mean of the N best (highest BLEU, lowest
 perplexity). Image models can be calibrated first (``--calibrate``): a temperature fitted on
-the validation split is folded into the output layer (zoo/calibrate.py).
+the validation split is folded into the output layer (zoo/calibrate.py); a run that trained
+on its validation images folds one fitted by an earlier run instead (``--temperature T``).
 
 Writes checkpoints/NAME/ (config.json, model.safetensors, tokenizer.json, README.md), then
 reloads that folder and measures it on the test split with the data settings the run was
@@ -236,6 +237,9 @@ def main() -> None:
     p.add_argument("--calibrate", action="store_true",
                    help="image models: fit a temperature on the validation split and fold it into the output "
                         "layer before storing (zoo/calibrate.py); config.json records it")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="image models: fold this temperature (fitted by an earlier run) into the output layer "
+                        "instead of fitting one, for a run that trained on its validation images")
     p.add_argument("--slim", type=Path, default=None,
                    help="only write the (averaged) weights to this small .ckpt (--dtype, no optimizer state), "
                         "to publish and measure later with this script")
@@ -256,10 +260,12 @@ def main() -> None:
     task_cls = import_path(meta["hyper_parameters"].get("_class_path", "zoo.tasks.translation.TranslationTask"))
     is_lm = task_cls.task_name == "lm"
     is_image = task_cls.task_name == "image"
-    if args.calibrate and not is_image:
-        raise SystemExit("--calibrate is for image models (a softmax over intensities); this run is not one")
-    if args.calibrate and args.slim:
-        raise SystemExit("--calibrate needs the run's validation data: calibrate when publishing the slim checkpoint, not with --slim")
+    if (args.calibrate or args.temperature is not None) and not is_image:
+        raise SystemExit("--calibrate and --temperature are for image models (a softmax over intensities); this run is not one")
+    if args.calibrate and args.temperature is not None:
+        raise SystemExit("give --calibrate (fit a temperature on validation) or --temperature T (fold T), not both")
+    if (args.calibrate or args.temperature is not None) and args.slim:
+        raise SystemExit("--calibrate and --temperature apply when publishing the slim checkpoint, not with --slim")
     paths = pick_checkpoints(args.run, args.average, higher_is_better=not (is_lm or is_image))
     if args.slim:
         write_slim(paths, args.slim, args.dtype)
@@ -273,10 +279,13 @@ def main() -> None:
 
     dm, data = data_modules(paths, model.tokenizers)
     calibration = None
-    if args.calibrate:
+    if args.calibrate or args.temperature is not None:
         from zoo.calibrate import calibrate_image_model
 
-        calibration = calibrate_image_model(model, dm)
+        try:
+            calibration = calibrate_image_model(model, dm, args.temperature)
+        except ValueError as err:
+            raise SystemExit(str(err)) from None
         print("calibrated:", json.dumps(calibration))
     is_music = type(dm).__name__ == "MIDIDataModule"
     test_split = f"test ({len(dm.labels('test'))} held-out images)" if is_image else "test_2016_flickr"

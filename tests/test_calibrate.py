@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from zoo.calibrate import fit_temperature, fold_temperature, temperature_nll
+from zoo.calibrate import calibrate_image_model, fit_temperature, fold_temperature, temperature_nll
+from zoo.data.pixels import PixelDataModule
 from zoo.models.image_transformer import image_transformer_tiny
 
 
@@ -56,3 +57,16 @@ def test_what_cannot_be_calibrated_is_refused_in_one_line():
     with pytest.raises(ValueError, match=r"logits \(N, K\) and targets \(N,\)"):
         fit_temperature(torch.zeros(3, 4), torch.zeros(2, dtype=torch.long))
     assert math.isfinite(temperature_nll(torch.zeros(3, 4), torch.zeros(3, dtype=torch.long), 1.0))
+
+
+def test_a_run_that_trained_on_its_validation_images_folds_a_given_temperature_instead():
+    class Task:  # what calibrate_image_model reads of an ImageTask
+        net = image_transformer_tiny().eval()
+
+    dm = PixelDataModule(source="digits", train_on_val=True)
+    with pytest.raises(ValueError, match="trained on its validation images.*--temperature T"):
+        calibrate_image_model(Task, dm)
+    tokens = torch.randint(0, 17, (2, 64), generator=torch.Generator().manual_seed(0))
+    before = Task.net(tokens)
+    assert calibrate_image_model(Task, dm, temperature=1.25) == {"temperature": 1.25, "fitted_on": "given"}
+    torch.testing.assert_close(Task.net(tokens), before / 1.25, atol=1e-5, rtol=1e-5)

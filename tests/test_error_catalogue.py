@@ -685,6 +685,16 @@ def _pixel_shift_super_resolution(c: Ctx) -> Seen:
     return c.api(lambda: PixelDataModule(source="digits", task="super_resolution", shift=2))
 
 
+def _calibrate_trained_on_val(c: Ctx) -> Seen:
+    from types import SimpleNamespace
+
+    from zoo.calibrate import calibrate_image_model
+    from zoo.data.pixels import PixelDataModule
+
+    task = SimpleNamespace(net=zoo.create("image_transformer_tiny"))
+    return c.api(lambda: calibrate_image_model(task, PixelDataModule(source="digits", train_on_val=True)))
+
+
 def _labels_out_of_range(c: Ctx) -> Seen:
     from zoo.data.pixels import load_splits
 
@@ -874,6 +884,7 @@ TRIGGERS: dict[str, Callable[[Ctx], Seen]] = {
     "pixel-levels": _pixel_levels,
     "pixel-shift-range": _pixel_shift_range,
     "pixel-shift-super-resolution": _pixel_shift_super_resolution,
+    "calibrate-trained-on-val": _calibrate_trained_on_val,
     "pixel-decode-start-token": _pixel_decode_start_token,
     "labels-out-of-range": _labels_out_of_range,
     "mnist-missing": _mnist_missing,

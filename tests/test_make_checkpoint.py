@@ -101,3 +101,9 @@ def test_a_slim_average_travels_small_and_publishes_as_its_runs(tmp_path, two_ru
     stored = zoo.load(str(out))
     dm = PixelDataModule(source="digits", task="class_conditional")
     assert abs(stored.bits_per_dim(dm, split="val") - cal["val_bpd_after"]) < 1e-3
+    # a temperature is fitted (--calibrate) or given (--temperature T), not both
+    done = subprocess.run([*script, str(slim), "--name", "image_transformer_tiny.test", "--out", str(out),
+                           "--calibrate", "--temperature", "1.1"], capture_output=True, text=True, timeout=600,
+                          cwd=REPO, env=env)
+    assert done.returncode == 1 and done.stderr.strip().splitlines()[-1] == (
+        "give --calibrate (fit a temperature on validation) or --temperature T (fold T), not both")

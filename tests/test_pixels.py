@@ -275,6 +275,17 @@ def test_shift_augmentation_in_training_batches_only():
         PixelDataModule(source="digits", task="super_resolution", shift=1)
 
 
+def test_train_on_val_trains_on_the_validation_images_too_and_leaves_test_alone():
+    plain, both = PixelDataModule(source="digits"), PixelDataModule(source="digits", train_on_val=True)
+    assert len(both.images("train")) == 1497 + 150
+    assert np.array_equal(both.images("train"), np.concatenate([plain.images("train"), plain.images("val")]))
+    assert np.array_equal(both.labels("train"), np.concatenate([plain.labels("train"), plain.labels("val")]))
+    for split in ("val", "test"):  # validation is still there to log, and test is untouched
+        assert np.array_equal(both.images(split), plain.images(split))
+    assert both.describe()["train_on_val"] is True and "train_on_val" not in plain.describe()
+    assert len(both.train_dataloader()) == -(-1647 // 32)
+
+
 # -- super-resolution -------------------------------------------------------------------
 def test_downsample_values():
     x = np.array([[[0, 2, 10, 10], [1, 3, 10, 11], [0, 0, 255, 255], [0, 1, 255, 254]]], dtype=np.uint8)

@@ -11,7 +11,8 @@ The fitted temperature is folded into the weights: the output layer's weight and
 multiplied by 1/T, so the calibrated network is an ordinary checkpoint of the same
 architecture, sampled and scored by the same code. ``scripts/make_checkpoint.py
 --calibrate`` does this before it stores and measures a checkpoint, and records the
-temperature and the validation figures before and after in its config.json.
+temperature and the validation figures before and after in its config.json; ``--temperature
+T`` folds a temperature fitted earlier, for a run whose validation images were in training.
 
 Only a softmax output whose layer is not shared with an input embedding can be folded
 (a tied layer would also scale the inputs); the Image Transformer's is one.
@@ -120,9 +121,19 @@ def image_logits(model: Any, batches: Iterable[dict[str, Tensor]]) -> tuple[Tens
     return torch.cat(logits), torch.cat(targets)
 
 
-def calibrate_image_model(model: Any, dm: Any) -> dict[str, float]:
+def calibrate_image_model(model: Any, dm: Any, temperature: float | None = None) -> dict[str, float]:
     """Fit a temperature on ``dm``'s validation split and fold it into ``model``; returns the
-    temperature and the validation bits/dim before and after, for the checkpoint's config."""
+    temperature and the validation bits/dim before and after, for the checkpoint's config.
+
+    With ``temperature`` given (one fitted by an earlier run), fold that one instead: the way
+    for a run that trained on its validation images (``train_on_val``), on which a fit would
+    measure how well the network remembers them rather than how it generalises."""
+    if temperature is not None:
+        fold_temperature(model.net, temperature)
+        return {"temperature": round(temperature, 4), "fitted_on": "given"}
+    if dm.hparams.get("train_on_val", False):
+        raise ValueError("this run trained on its validation images, so a temperature fitted on them would be "
+                         "over-confident too; give one fitted by an earlier run (make_checkpoint.py --temperature T)")
     dm.setup("validate")
     logits, targets = image_logits(model, dm.val_dataloader())
     t = fit_temperature(logits, targets)

@@ -622,6 +622,11 @@ class PixelDataModule(SequenceDataModule):
             pixels, up to ``shift`` each way vertically and horizontally, afresh every batch,
             never pushing a non-background pixel out of the frame (0, black, fills in). 0: off.
             Not for super-resolution.
+        train_on_val: train on the validation images too (all 9,000 of MNIST's t10k pool
+            that are not held out for test). Validation figures are then measured on
+            images the model trained on: use it for a last run whose recipe was chosen
+            beforehand, and take a temperature fitted on an earlier run (``make_checkpoint.py
+            --temperature``), not one fitted on these images.
     """
 
     TASKS = ("unconditional", "class_conditional", "super_resolution")
@@ -643,6 +648,7 @@ class PixelDataModule(SequenceDataModule):
         split_seed: int = 0,
         download: bool = True,
         shift: int = 0,
+        train_on_val: bool = False,
     ) -> None:
         super().__init__()
         if source not in SOURCES:
@@ -736,6 +742,9 @@ class PixelDataModule(SequenceDataModule):
             hp = self.hp
             self._raw = load_splits(hp.source, hp.data_dir, hp.download, hp.split_seed)
         images, labels = self._raw[split]
+        if split == "train" and self.hp.get("train_on_val", False):
+            images = np.concatenate([images, self._raw["val"][0]])
+            labels = np.concatenate([labels, self._raw["val"][1]])
         limit = getattr(self.hp, f"{split}_limit")
         return (images[:limit], labels[:limit]) if limit else (images, labels)
 
@@ -767,6 +776,8 @@ class PixelDataModule(SequenceDataModule):
         }
         if hp.get("shift", 0):
             d["augment"] = {"shift": hp.shift}
+        if hp.get("train_on_val", False):
+            d["train_on_val"] = True  # "train" counts the validation images too
         if hp.task == "super_resolution":
             d["downsample"] = hp.downsample
             d["low_res_shape"] = list(self._src_tokenizer.shape)
