@@ -130,10 +130,10 @@ def calibrate_image_model(model: Any, dm: Any, temperature: float | None = None)
     measure how well the network remembers them rather than how it generalises."""
     if temperature is not None:
         fold_temperature(model.net, temperature)
-        return {"temperature": round(temperature, 4), "fitted_on": "given"}
+        return {"temperature": float(temperature), "fitted_on": "given"}
     if dm.hparams.get("train_on_val", False):
-        raise ValueError("this run trained on its validation images, so a temperature fitted on them would be "
-                         "over-confident too; give one fitted by an earlier run (make_checkpoint.py --temperature T)")
+        raise ValueError("this run trained on its validation images, so a temperature fitted on them would not "
+                         "correct its over-confidence on new images; give one fitted by an earlier run (make_checkpoint.py --temperature T)")
     dm.setup("validate")
     logits, targets = image_logits(model, dm.val_dataloader())
     t = fit_temperature(logits, targets)
