@@ -260,11 +260,12 @@ def main() -> None:
     task_cls = import_path(meta["hyper_parameters"].get("_class_path", "zoo.tasks.translation.TranslationTask"))
     is_lm = task_cls.task_name == "lm"
     is_image = task_cls.task_name == "image"
-    if (args.calibrate or args.temperature is not None) and not is_image:
+    calibrating = args.calibrate or args.temperature is not None
+    if calibrating and not is_image:
         raise SystemExit("--calibrate and --temperature are for image models (a softmax over intensities); this run is not one")
     if args.calibrate and args.temperature is not None:
         raise SystemExit("give --calibrate (fit a temperature on validation) or --temperature T (fold T), not both")
-    if (args.calibrate or args.temperature is not None) and args.slim:
+    if calibrating and args.slim:
         raise SystemExit("--calibrate and --temperature apply when publishing the slim checkpoint, not with --slim")
     paths = pick_checkpoints(args.run, args.average, higher_is_better=not (is_lm or is_image))
     if args.slim:
@@ -279,7 +280,7 @@ def main() -> None:
 
     dm, data = data_modules(paths, model.tokenizers)
     calibration = None
-    if args.calibrate or args.temperature is not None:
+    if calibrating:
         from zoo.calibrate import calibrate_image_model
 
         try:

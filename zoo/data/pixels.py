@@ -741,10 +741,10 @@ class PixelDataModule(SequenceDataModule):
         if self._raw is None:
             hp = self.hp
             self._raw = load_splits(hp.source, hp.data_dir, hp.download, hp.split_seed)
+            if hp.get("train_on_val", False):
+                (x, y), (vx, vy) = self._raw["train"], self._raw["val"]
+                self._raw["train"] = (np.concatenate([x, vx]), np.concatenate([y, vy]))
         images, labels = self._raw[split]
-        if split == "train" and self.hp.get("train_on_val", False):
-            images = np.concatenate([images, self._raw["val"][0]])
-            labels = np.concatenate([labels, self._raw["val"][1]])
         limit = getattr(self.hp, f"{split}_limit")
         return (images[:limit], labels[:limit]) if limit else (images, labels)
 
