@@ -34,7 +34,8 @@ import torch
 
 import zoo
 from zoo.card import write_card
-from zoo.hub import CARD, CONFIG, _atomic, _write_text, read_config, save_pretrained
+from zoo.hub import CARD, CONFIG, read_config, save_pretrained
+from zoo.io import atomic_write, write_text
 from zoo.metrics import TokenNLL, translation_scores
 
 
@@ -73,7 +74,7 @@ def write_slim(paths: list[Path], dest: Path, dtype: str) -> None:
                           for k, v in average_state(paths).items()}
     slim["averaged"] = [p.name for p in paths]
     dest.parent.mkdir(parents=True, exist_ok=True)
-    _atomic(dest, lambda tmp: torch.save(slim, tmp))
+    atomic_write(dest, lambda tmp: torch.save(slim, tmp))
     print(f"wrote {dest} ({dest.stat().st_size / 1e6:.1f} MB) from", *map(str, paths), sep="\n  ")
 
 
@@ -249,7 +250,7 @@ def main() -> None:
     if args.card_only:
         config = read_config(out)
         body = Path(args.card).read_text(encoding="utf-8") if args.card else model_cards_section(args.name)
-        _write_text(out / CARD, write_card(config, body=body))
+        write_text(out / CARD, write_card(config, body=body))
         print(f"rewrote {out / CARD}")
         return
     if args.run is None:
@@ -314,8 +315,8 @@ def main() -> None:
     if recipe.exists():
         config["recipe"] = str(recipe)
     body = Path(args.card).read_text(encoding="utf-8") if args.card else model_cards_section(args.name)
-    _write_text(out / CONFIG, json.dumps(config, indent=2) + "\n")
-    _write_text(out / CARD, write_card(config, body=body))
+    write_text(out / CONFIG, json.dumps(config, indent=2) + "\n")
+    write_text(out / CARD, write_card(config, body=body))
     size = sum(f.stat().st_size for f in out.iterdir())
     digest = hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest()
     extra = {k: config[k] for k in ("baselines", "val_nll_by_position") if k in config}

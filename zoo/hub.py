@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 import zoo
+from zoo.io import atomic_write, fsync, remove_if_exists, stage
 from zoo.registry import PRETRAINED, Pretrained, check_repo_id, check_revision, get_architecture, get_pretrained
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -174,7 +175,7 @@ def _weights_writer(net: nn.Module, dtype: torch.dtype | None = None) -> Any:
 
 
 def save_weights(net: nn.Module, path: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
-    _atomic(path, _weights_writer(net, dtype))
+    atomic_write(path, _weights_writer(net, dtype))
 
 
 def _jsonable(value: Any) -> Any:
@@ -332,59 +333,6 @@ def load(name_or_path: str, *, revision: str | None = None, **overrides: Any) ->
 
 
 # -- saving -------------------------------------------------------------------------
-def _fsync(path: str | os.PathLike) -> None:
-    """Flush a file, or a folder's entries, to the disk (best effort where the OS has no such call)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # e.g. folders on Windows
-    finally:
-        os.close(fd)
-
-
-def _stage(path: str | os.PathLike, write: Any) -> str:
-    """Write ``path``'s content through ``write(tmp)`` to a temporary file beside it, on disk; return the temporary."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; a checkpoint is an ordinary file
-        _fsync(tmp)
-    except BaseException:
-        _remove(tmp)
-        raise
-    return tmp
-
-
-def _remove(path: str) -> None:
-    try:
-        os.remove(path)
-    except FileNotFoundError:
-        pass
-
-
-def _atomic(path: str | os.PathLike, write: Any) -> None:
-    """Write through a temporary file in the same folder, fsync, rename: never a half-written file."""
-    tmp = _stage(path, write)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        _remove(tmp)
-        raise
-    _fsync(Path(path).parent)
-
-
-def _write_text(path: Path, text: str) -> None:
-    _atomic(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-
-
 def _atomic_folder(folder: Path, writers: dict[str, Any]) -> None:
     """Replace the checkpoint files of ``folder`` with those ``writers`` make, all or none.
 
@@ -396,16 +344,16 @@ def _atomic_folder(folder: Path, writers: dict[str, Any]) -> None:
     staged: dict[str, str] = {}
     try:
         for name, write in writers.items():
-            staged[name] = _stage(folder / name, write)
+            staged[name] = stage(folder / name, write)
         for name in [n for n in writers if n != CONFIG] + [CONFIG]:  # config.json last: it names the rest
             os.replace(staged.pop(name), folder / name)
     finally:
         for tmp in staged.values():
-            _remove(tmp)
+            remove_if_exists(tmp)
     for name in ALLOWED_FILES:
         if name not in writers and (folder / name).exists():
             os.remove(folder / name)
-    _fsync(folder)
+    fsync(folder)
 
 
 def model_config(model: Any, *, metrics: dict[str, Any] | None = None, data: dict[str, Any] | None = None, dtype: str = "float32") -> dict[str, Any]:

@@ -29,7 +29,7 @@ from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from zoo.hub import _atomic
+from zoo.io import atomic_write
 
 __all__ = [
     "AtomicCheckpointIO",
@@ -110,7 +110,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return super().save_checkpoint(checkpoint, path, storage_options)
         target = Path(local)
         target.parent.mkdir(parents=True, exist_ok=True)
-        _atomic(target, lambda tmp: torch.save(checkpoint, tmp))
+        atomic_write(target, lambda tmp: torch.save(checkpoint, tmp))
         for stale in target.parent.glob(f".{target.name}.*.tmp"):  # left by a run killed mid-write
             stale.unlink(missing_ok=True)
 
