@@ -1,4 +1,5 @@
-"""Every published checkpoint: metadata agrees with its files, and it reproduces its recorded BLEU."""
+"""Every published checkpoint: metadata agrees with its files, it has a chain that rebuilds it, and it
+reproduces its recorded figure on a fixed slice."""
 
 import json
 
@@ -6,7 +7,9 @@ import pytest
 import torch
 
 import zoo
+from zoo.evaluate import evaluate
 from zoo.hub import checkpoints_dir, read_config
+from zoo.reproduce import load_chains
 
 NAMES = zoo.list_models(pretrained=True)  # imports the model files, which register them
 
@@ -31,56 +34,30 @@ def test_metadata_matches_files(name):
     n = sum(p.numel() for p in {id(p): p for p in model.net.parameters()}.values())
     assert n == entry.params == config["num_params"]
     assert (checkpoints_dir().parent / entry.recipe).exists(), f"recipe {entry.recipe} is missing"
+    assert name in load_chains(), f"configs/chains.yaml has no chain that rebuilds {name}"
+    assert config["recipe"] == f"zoo reproduce {name}"
+    assert config["data"]["datamodule"]["class_path"], "config.json must say which data it is measured on"
     card = (path / "README.md").read_text()
     for key, value in entry.metrics.items():
         assert f"| {key} | {value} |" in card
 
 
+# how far a figure measured here may be from the recorded one (perplexity: 1%)
+TOLERANCE = {"sacrebleu/greedy": 0.5, "bpd": 0.02, "val_nll": 0.01}
+
+
 @pytest.mark.parametrize("name", NAMES)
-def test_reproduces_recorded_figure_on_a_fixed_slice(name, request):
-    """Translation: greedy sacreBLEU within 0.5; language models: perplexity within 1%; images: bits/dim within 0.02."""
-    from zoo.metrics import bleu
-
-    config = read_config(folder(name))
-    rep = config["reproduce"]
+def test_reproduces_recorded_figure_on_a_fixed_slice(name):
+    """zoo.evaluate on the slice config.json's ``reproduce`` names gives the figure recorded there."""
+    rep = read_config(folder(name))["reproduce"]
+    split = "val" if rep["split"] == "val" else "test"
     torch.manual_seed(0)
-    model = zoo.load(name)
-    if config["task"] == "image":
-        from zoo.data.pixels import MissingDataError, PixelDataModule
-
-        data = config["data"]
-        dm = PixelDataModule(source=data["dataset"], levels=data["levels"], task=data["task"],
-                             downsample=data.get("downsample", 2), split_seed=data["split_seed"], download=False)
-        try:
-            images, labels = dm.images("test")[: rep["first"]], dm.labels("test")[: rep["first"]]
-        except MissingDataError:
-            pytest.skip(f"{data['dataset']} is not available locally (set ZOO_DATA_DIR)")
-        bpd = model.bits_per_dim(images, labels=labels if model.net.config.num_classes else None)
-        assert abs(bpd - rep["bpd"]) <= 0.02, f"{name}: {bpd:.4f} bits/dim vs recorded {rep['bpd']}"
-        return
-    if config["data"].get("encoding") in ("chorale", "performance"):  # MIDI events: NLL within 0.01
-        from zoo.data.midi import MIDIDataModule
-
-        data = config["data"]
-        limit = rep["first"] if data["source"] == "jsb" else None  # JSB's split is fixed: read only what is needed
-        dm = MIDIDataModule(source=data["source"], encoding=data["encoding"], limit=limit)
-        try:
-            batches = dm.eval_batches(rep["split"], first=rep["first"])
-        except FileNotFoundError:
-            pytest.skip(f"{data['dataset']} is not available locally (set ZOO_DATA_DIR)")
-        nll = model.mean_nll(batches)
-        assert abs(nll - rep["nll"]) <= 0.01, f"{name}: NLL {nll:.4f} vs recorded {rep['nll']}"
-        return
-    multi30k = request.getfixturevalue("multi30k")
-    if config["task"] == "translation":
-        from zoo.data.text import TextDataModule
-
-        src, ref = TextDataModule(data_dir=str(multi30k), tokenizer=name, test_limit=rep["first"]).texts("test")
-        score = bleu(model.translate(src, beam_size=rep["beam_size"], batch_size=100), ref)
-        assert abs(score - rep["sacrebleu"]) <= 0.5, f"{name}: {score:.2f} BLEU vs recorded {rep['sacrebleu']}"
-    else:
-        from zoo.data.text import TextLMDataModule
-
-        texts = TextLMDataModule(data_dir=str(multi30k), tokenizer=name, test_limit=rep["first"]).texts("test")
-        ppl = model.perplexity(texts)
-        assert abs(ppl - rep["ppl"]) <= 0.01 * rep["ppl"], f"{name}: perplexity {ppl:.2f} vs recorded {rep['ppl']}"
+    try:
+        result = evaluate(name, split=split, limit=rep["first"], quick=True)
+    except FileNotFoundError as err:  # MissingDataError too
+        pytest.skip(f"the data of {name} is not available locally (set ZOO_DATA_DIR): {err}")
+    assert result["recorded"], f"{name}: no recorded figure for its first {rep['first']} {split} items"
+    for key, recorded in result["recorded"].items():
+        measured = result["metrics"][key]
+        tolerance = TOLERANCE.get(key, 0.01 * recorded)
+        assert abs(measured - recorded) <= tolerance, f"{name}: {key} {measured} vs recorded {recorded}"

@@ -277,10 +277,8 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 
 def cmd_translate(args: argparse.Namespace) -> None:
-    import zoo
-
+    model = _load_kind(args.name, "translate", "translation")
     sentences = args.sentences or [line.rstrip("\n") for line in sys.stdin if line.strip()]
-    model = zoo.load(args.name)
     for line in model.translate(sentences, beam_size=args.beam, max_len=args.max_len):
         print(line)
 
@@ -345,10 +343,9 @@ def _sample_images(model: Any, args: argparse.Namespace) -> None:
 
 
 def cmd_attention(args: argparse.Namespace) -> None:
-    import zoo
     from zoo.viz import attention_figure
 
-    model = zoo.load(args.name)
+    model = _load_kind(args.name, "attention", "translation")
     item = model.translate([args.sentence], beam_size=args.beam, return_attention=True)[0]
     maps = item.attention
     if args.layer is not None:
@@ -359,6 +356,48 @@ def cmd_attention(args: argparse.Namespace) -> None:
     fig = attention_figure(maps, item.source_tokens, item.target_tokens, head=args.head, title=item.text)
     fig.savefig(args.out, dpi=120)
     print(f"{item.text}\nattention written to {args.out}")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from zoo.evaluate import main as evaluate_main
+
+    evaluate_main(args)
+
+
+def cmd_reproduce(args: argparse.Namespace) -> None:
+    from zoo.reproduce import main as reproduce_main
+
+    reproduce_main(args)
+
+
+def cmd_calibrate(args: argparse.Namespace) -> None:
+    from zoo.calibrate import calibrate_image_model
+    from zoo.evaluate import data_module, datamodule_spec
+
+    model = _load_kind(args.name, "calibrate", "image")
+    dm = data_module(datamodule_spec(model.pretrained_config, args.name), model.tokenizers, data_dir=args.data_dir)
+    result = calibrate_image_model(model, dm, args.temperature)
+    model.save_pretrained(args.out, dtype=model.pretrained_config.get("dtype", "float32"))
+    print(json.dumps(result))
+    print(f"wrote {args.out}; measure it with: zoo evaluate {args.out}")
+
+
+def _load_kind(name: str, command: str, *kinds: str) -> Any:
+    """Load ``name`` and check it is a model of one of ``kinds`` (a task name, or 'music' / 'text' for language models)."""
+    import zoo
+
+    model = zoo.load(name)
+    kind = model.task_name
+    if kind == "lm":
+        from zoo.data.midi import ChoraleTokenizer, EventTokenizer
+
+        kind = "music" if isinstance(model.tokenizers[1], (EventTokenizer, ChoraleTokenizer)) else "text"
+    if kind not in kinds and model.task_name not in kinds:
+        wanted = {"translation": "a translation model", "image": "an image model", "text": "a text language model",
+                  "music": "a music model"}
+        need = " or ".join(wanted.get(k, k) for k in kinds)
+        raise ValueError(f"{name} is {wanted.get(kind, kind)}; zoo {command} needs {need} (zoo list --pretrained)")
+    return model
 
 
 def cmd_publish(args: argparse.Namespace) -> None:
@@ -411,6 +450,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layer", type=int, default=None, help="one decoder layer (1-based); default: all")
     p.add_argument("--head", type=int, default=None, help="one head (0-based); default: the mean of the heads")
     p.set_defaults(func=cmd_attention)
+    p = sub.add_parser("evaluate", help="measure a checkpoint on its data, beside the figures it records")
+    p.add_argument("name", help="pretrained name, folder or Hub repo id")
+    p.add_argument("--split", default="test", choices=["val", "test"])
+    p.add_argument("--data-dir", default=None, help="where the data set is (default: $ZOO_DATA_DIR, ../shared/data, the cache)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N items of the split")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_evaluate)
+    p = sub.add_parser("reproduce", help="rebuild a published checkpoint from its recipe chain (configs/chains.yaml)")
+    p.add_argument("name", nargs="?", help="pretrained name")
+    p.add_argument("--list", action="store_true", help="show every chain, its steps and its CPU time")
+    p.add_argument("--out", default=None, help="folder for the chain's steps (default runs/reproduce/NAME)")
+    p.add_argument("--resume", action="store_true", help="go on with an interrupted chain in --out")
+    p.add_argument("--smoke", action="store_true", help="every step at two batches: check that the chain is whole")
+    p.set_defaults(func=cmd_reproduce)
+    sub.add_parser("grow", help="deepen or widen a checkpoint so that it computes what it did (zoo grow --help)",
+                   add_help=False)
+    p = sub.add_parser("calibrate", help="fold a temperature fitted on the validation split into an image model")
+    p.add_argument("name", help="pretrained name or folder of an image model")
+    p.add_argument("--out", required=True, help="folder to write the calibrated checkpoint to")
+    p.add_argument("--temperature", type=float, default=None, help="fold this temperature instead of fitting one")
+    p.add_argument("--data-dir", default=None)
+    p.set_defaults(func=cmd_calibrate)
     p = sub.add_parser("publish", help="upload a checkpoint folder to the Hugging Face Hub")
     p.add_argument("name", help="pretrained name or folder")
     p.add_argument("--repo-id", required=True, help="ORG/NAME on the Hub")
@@ -424,6 +485,10 @@ def run(argv: list[str]) -> Any:
     """Run a ``zoo`` command; the Lightning subcommands return their LightningCLI object."""
     if argv and argv[0] in LIGHTNING_COMMANDS:
         return _lightning(argv)
+    if argv and argv[0] == "grow":
+        from zoo.grow import main as grow_main
+
+        return grow_main(argv[1:])
     args = build_parser().parse_args(argv)
     if not getattr(args, "func", None):
         build_parser().print_help()

@@ -147,7 +147,7 @@ def max_difference(small: nn.Module, big: nn.Module) -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m zoo.grow", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="zoo grow", description=__doc__.split("\n\n")[0])
     parser.add_argument("source", help="a checkpoint folder or a registered name")
     parser.add_argument("--layers", type=int, help="depth of the grown network (more than the source's; copies spread evenly)")
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
