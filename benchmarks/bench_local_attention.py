@@ -6,7 +6,7 @@ One attention layer (q/k/v/output projections included), d_model 256, 4 heads, b
 fp32, on square greyscale images of 32x32, 64x64 and 128x128 pixels (1,024, 4,096 and
 16,384 positions in raster order):
 
-* **local 2D** (``zoo.nn.local_attention.LocalSelfAttention``): query blocks of 8x16
+* **local 2D** (``zoo.nn.local.LocalSelfAttention``): query blocks of 8x16
   pixels, memory 8 rows above and 8 columns either side (128 queries, 512 keys a block);
 * **full causal** (``zoo.nn.attention.MultiHeadAttention(causal=True)``): SDPA with
   ``is_causal=True`` over all positions.
@@ -50,7 +50,7 @@ def run_case(kind: str, size: int, repeats: int, threads: int) -> dict:
     import torch
 
     from zoo.nn.attention import MultiHeadAttention
-    from zoo.nn.attention import Local2DPattern, LocalSelfAttention
+    from zoo.nn.local import Local2DPattern, LocalSelfAttention
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

@@ -5,7 +5,7 @@
 Three ways to compute one causal self-attention over 8 heads of 64 channels (batch 1, fp32):
 
 * ``sdpa``: ``scaled_dot_product_attention(is_causal=True)``, no relative positions: the floor;
-* ``skewed``: ``zoo.nn.attention.RelativeSelfAttention`` (Q Er^T, skewed: O(L D + L^2) memory);
+* ``skewed``: ``zoo.nn.relative.RelativeSelfAttention`` (Q Er^T, skewed: O(L D + L^2) memory);
 * ``naive``: Shaw et al.'s formulation, gathering an (L, L, D) tensor of distance embeddings
   (one table shared by the heads, as Shaw et al. did; per head it would be 8x bigger).
 
@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from datetime import date
 from pathlib import Path
@@ -30,7 +31,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from zoo.nn.attention import RelativeSelfAttention, causal_mask, naive_relative_attention
+from zoo.nn.attention import causal_mask
+from zoo.nn.relative import RelativeSelfAttention
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # Shaw's formulation is the tests' reference
+from reference_attention import naive_relative_attention  # noqa: E402
 
 try:
     from benchmarks.bench_translation import machine

@@ -83,7 +83,7 @@ def test_static_cache_projects_memory_once():
 # --- source attention (Bahdanau / Luong) against scores computed by hand -------------
 import pytest  # noqa: E402
 
-from zoo.nn.attention import SOURCE_ATTENTION, source_attention  # noqa: E402
+from zoo.nn.source_attention import SOURCE_ATTENTION, source_attention  # noqa: E402
 
 
 def hand_scores(kind, att, q, k):
@@ -129,7 +129,7 @@ def test_unknown_attention_kind_names_the_allowed_ones():
 
 
 def test_bf16_written_out_path_matches_sdpa(monkeypatch):
-    """bf16 on the CPU writes attention out (issue 7); it agrees with SDPA's kernel, forward and backward."""
+    """bf16 on the CPU writes attention out; it agrees with SDPA's kernel, forward and backward."""
     import zoo.nn.attention as attention
 
     mha, q, kv = setup(5)

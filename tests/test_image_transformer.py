@@ -12,7 +12,9 @@ import torch
 
 import zoo
 from zoo.data.pixels import PixelDataModule
-from zoo.nn.attention import Local1DPattern, Local2DPattern, LocalSelfAttention, masked_attention
+from zoo.nn.local import Local1DPattern, Local2DPattern, LocalSelfAttention
+
+from reference_attention import masked_attention
 
 torch.set_num_threads(1)
 

@@ -7,8 +7,11 @@ import torch
 
 import zoo
 from zoo.data.midi import ChoraleTokenizer, EventTokenizer, read_notes
-from zoo.nn.attention import KVCache, RelativeSelfAttention, causal_mask, naive_relative_attention, skew
+from zoo.nn.attention import KVCache, causal_mask
+from zoo.nn.relative import RelativeSelfAttention, skew
 from zoo.registry import build_network
+
+from reference_attention import naive_relative_attention
 
 
 def local_visible(t: int, block: int) -> torch.Tensor:

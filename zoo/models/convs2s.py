@@ -40,7 +40,7 @@ from torch.nn.utils.parametrizations import weight_norm
 
 from zoo.nn.dropout import Dropout
 from zoo.models.base import EncoderDecoder, check_at_least, check_vocab, make_config
-from zoo.nn.attention import DotAttention
+from zoo.nn.source_attention import DotAttention
 from zoo.registry import MULTI30K_DE_EN, ZOO_LICENSE, Pretrained, register_model, register_pretrained
 
 SQRT_HALF = math.sqrt(0.5)

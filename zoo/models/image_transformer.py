@@ -4,7 +4,7 @@ Parmar, Vaswani, Uszkoreit, Kaiser, Shazeer, Ku, Tran. "Image Transformer", ICML
 
 An image is a sequence of sub-pixel intensities in raster order, channels interleaved
 (``zoo.data.pixels``); the network predicts each intensity from the earlier ones with a
-stack of self-attention layers whose attention is *local* (``zoo.nn.attention``):
+stack of self-attention layers whose attention is *local* (``zoo.nn.local``):
 
 * ``attention="local_1d"``: blocks of ``block_len`` positions, each seeing itself and
   ``memory_blocks`` blocks before it;
@@ -60,7 +60,7 @@ from zoo.models.transformer import EncoderLayer, FeedForward, Residual
 from zoo.nn import logistic
 from zoo.nn.attention import KVCache, MultiHeadAttention
 from zoo.nn.dropout import Dropout
-from zoo.nn.attention import Local1DPattern, Local2DPattern, LocalPattern, LocalSelfAttention
+from zoo.nn.local import Local1DPattern, Local2DPattern, LocalPattern, LocalSelfAttention
 from zoo.nn.positional import SinusoidalPositions
 from zoo.registry import Pretrained, register_model, register_pretrained
 

@@ -4,7 +4,7 @@ Huang, Vaswani, Uszkoreit, Shazeer, Simon, Hawthorne, Dai, Hoffman, Dinculescu, 
 "Music Transformer: Generating Music with Long-Term Structure", ICLR 2019 (arXiv 2018).
 
 Each layer's self-attention adds learned relative-position logits (Shaw et al. 2018,
-computed with the paper's memory-linear skewing: ``zoo.nn.attention.RelativeSelfAttention``),
+computed with the paper's memory-linear skewing: ``zoo.nn.relative.RelativeSelfAttention``),
 globally over the whole sequence or locally in blocks. With ``attention="absolute"`` the
 same network uses sinusoidal absolute positions and plain causal attention instead: the
 paper's Transformer baseline, so the comparison is one switch in a config.
@@ -29,9 +29,10 @@ from torch import Tensor, nn
 
 from zoo.models.base import CausalLM, check_at_least, check_dropout, check_vocab, make_config
 from zoo.models.transformer import FeedForward
-from zoo.nn.attention import KVCache, MultiHeadAttention, RelativeSelfAttention
+from zoo.nn.attention import KVCache, MultiHeadAttention
 from zoo.nn.dropout import Dropout
 from zoo.nn.positional import SinusoidalPositions
+from zoo.nn.relative import RelativeSelfAttention
 from zoo.registry import JSB_CHORALES, MUSIC_LICENSE, NOTTINGHAM, Pretrained, register_model, register_pretrained
 
 ATTENTION = ("relative", "absolute")

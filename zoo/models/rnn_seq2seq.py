@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from zoo.nn.dropout import Dropout
 from zoo.models.base import EncoderDecoder, check_vocab, make_config
-from zoo.nn.attention import source_attention
+from zoo.nn.source_attention import source_attention
 from zoo.registry import MULTI30K_DE_EN, ZOO_LICENSE, Pretrained, register_model, register_pretrained
 
 RNN_CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}

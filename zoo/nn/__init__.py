@@ -1,8 +1,8 @@
 """Pure torch building blocks shared by the models: attention, positions, decoding."""
 
-from zoo.nn.attention import (
-    KVCache, Local1DPattern, Local2DPattern, LocalSelfAttention, MultiHeadAttention, RelativeSelfAttention, causal_mask,
-)
+from zoo.nn.attention import KVCache, MultiHeadAttention, causal_mask
+from zoo.nn.local import Local1DPattern, Local2DPattern, LocalSelfAttention
+from zoo.nn.relative import RelativeSelfAttention
 from zoo.nn.decoding import beam_search, greedy_search, reorder
 from zoo.nn.positional import SinusoidalPositions
 
