@@ -742,6 +742,15 @@ def _multi30k_missing(c: Ctx) -> Seen:
     return c.api(lambda: text.find_multi30k(str(c.tmp / "multi30k"), download=False))
 
 
+def _ptb_missing(c: Ctx) -> Seen:
+    import zoo.data.text as text
+
+    c.monkeypatch.delenv("ZOO_DATA_DIR", raising=False)
+    c.monkeypatch.setattr(text, "REPO_ROOT", c.tmp / "repo")
+    c.monkeypatch.setattr(text, "DOWNLOAD_DIR", c.tmp / "cache")
+    return c.api(lambda: text.find_ptb(str(c.tmp / "ptb"), download=False))
+
+
 def _data_dir_typo(c: Ctx) -> Seen:
     import zoo.data.text as text
 
@@ -817,6 +826,7 @@ TRIGGERS: dict[str, Callable[[Ctx], Seen]] = {
     "train-file-empty": _fit_train_empty,
     "data-vocab-too-big": _fit_data_vocab_too_big,
     "multi30k-missing": _multi30k_missing,
+    "ptb-missing": _ptb_missing,
     "data-dir-not-a-folder": _data_dir_typo,
     # translation inputs
     "translate-empty-list": _translate(sentences=[]),

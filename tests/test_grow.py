@@ -93,9 +93,9 @@ def test_bad_growth_is_one_clear_line(tmp_path, capsys):
     state = zoo.load(str(tmp_path / "m")).net.state_dict()
     with pytest.raises(ValueError, match="larger than the source's 2 layers, got 1"):
         grow_state(state, "layers", 2, 1)
-    with pytest.raises(SystemExit, match="zoo.grow: --layers must be larger than the source's 2 layers, got 2"):
+    with pytest.raises(SystemExit, match="zoo grow: --layers must be larger than the source's 2 layers, got 2"):
         main([str(tmp_path / "m"), "--layers", "2", "--out", str(tmp_path / "out")])
-    with pytest.raises(SystemExit, match="zoo.grow: .*no_such_folder"):
+    with pytest.raises(SystemExit, match="zoo grow: .*no_such_folder"):
         main([str(tmp_path / "no_such_folder"), "--layers", "4", "--out", str(tmp_path / "out")])
     assert not (tmp_path / "out").exists()
     main([str(tmp_path / "m"), "--layers", "4", "--out", str(tmp_path / "out")])
@@ -110,11 +110,11 @@ def test_a_setting_with_a_zero_table_grows_and_one_that_changes_shapes_is_refuse
     assert max_difference(small.net, big.net) < 1e-5
     with pytest.raises(ValueError, match="changes shape .* only settings that add parameters can be grown"):
         grow(str(tmp_path / "m"), changes={"d_ff": 256})
-    with pytest.raises(SystemExit, match="zoo.grow: nothing to grow"):
+    with pytest.raises(SystemExit, match="zoo grow: nothing to grow"):
         main([str(tmp_path / "m"), "--out", str(tmp_path / "out")])
-    with pytest.raises(SystemExit, match="zoo.grow: --set takes NAME=VALUE, got 'relative_pitch'"):
+    with pytest.raises(SystemExit, match="zoo grow: --set takes NAME=VALUE, got 'relative_pitch'"):
         main([str(tmp_path / "m"), "--set", "relative_pitch", "--out", str(tmp_path / "out")])
-    with pytest.raises(SystemExit, match="zoo.grow: the grown network differs from the source by .*; nothing written"):
+    with pytest.raises(SystemExit, match="zoo grow: the grown network differs from the source by .*; nothing written"):
         main([str(tmp_path / "m"), "--set", "block_len=8", "--out", str(tmp_path / "out")])  # local attention: another function
     assert not (tmp_path / "out").exists()
 
@@ -122,8 +122,8 @@ def test_a_setting_with_a_zero_table_grows_and_one_that_changes_shapes_is_refuse
 def test_the_readme_grows_each_published_folder_to_more_layers_than_it_has():
     """The README's example must keep working as the published weights get deeper."""
     repo = Path(__file__).resolve().parents[1]
-    examples = re.findall(r"python -m zoo\.grow (\S+) --layers (\d+)", (repo / "README.md").read_text())
-    assert examples, "the README no longer shows zoo.grow --layers"
+    examples = re.findall(r"zoo grow (\S+) --layers (\d+)", (repo / "README.md").read_text())
+    assert examples, "the README no longer shows zoo grow --layers"
     for folder, layers in examples:
         have = zoo.load(str(repo / folder)).net.config.layers
         assert int(layers) > have, f"the README grows {folder} to {layers} layers, but it has {have} already"

@@ -41,13 +41,46 @@ def test_from_pretrained_classmethod(tiny_model, tmp_path):
     assert torch.equal(tiny_model(SRC, TGT), loaded(SRC, TGT))
 
 
-def test_tied_weights_stored_once_and_stay_tied(tiny_model, tmp_path):
-    tiny_model.save_pretrained(tmp_path)
+TIED = {"src_embed.weight", "tgt_embed.weight", "out_proj.weight"}  # transformer_tiny shares one matrix three ways
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_tied_weights_stored_once_and_stay_tied(tiny_model, tmp_path, dtype):
+    tiny_model.save_pretrained(tmp_path, dtype=dtype)
     keys = set(load_file(str(tmp_path / "model.safetensors")))
-    assert "src_embed.weight" in keys
-    assert "tgt_embed.weight" not in keys and "out_proj.weight" not in keys
+    assert len(keys & TIED) == 1
     net = zoo.load(str(tmp_path)).net
-    assert net.out_proj.weight is net.src_embed.weight
+    assert net.out_proj.weight is net.src_embed.weight and net.tgt_embed.weight is net.src_embed.weight
+    assert next(tiny_model.parameters()).dtype == torch.float32  # the float16 copy is saved, the model left as it was
+
+
+@pytest.mark.parametrize("stored", sorted(TIED))
+def test_a_tied_tensor_loads_under_any_of_its_names(tiny_model, tmp_path, stored):
+    """Files written by earlier versions keep the tied matrix under another of its names (the published
+    transformer_small.multi30k under src_embed.weight): every name loads, strictly, and stays tied."""
+    tiny_model.save_pretrained(tmp_path)
+    state = load_file(str(tmp_path / "model.safetensors"))
+    matrix = state.pop(next(iter(TIED & set(state))))
+    save_file({**state, stored: matrix}, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    loaded = zoo.load(str(tmp_path))
+    assert loaded.net.out_proj.weight is loaded.net.src_embed.weight
+    assert torch.equal(tiny_model(SRC, TGT), loaded(SRC, TGT))
+    state[stored] = matrix  # and a second copy: a tie stored twice is one tensor too many
+    state["out_proj.weight" if stored != "out_proj.weight" else "src_embed.weight"] = matrix.clone()
+    save_file(state, str(tmp_path / "model.safetensors"))
+    with pytest.raises(ValueError, match=r"do not match the model: missing .*, unexpected \['(out_proj|tgt_embed)\.weight"):
+        zoo.load(str(tmp_path))
+
+
+def test_saving_the_same_weights_gives_the_same_bytes(tiny_model, tmp_path):
+    """One metadata entry only: safetensors writes several in random order, which would change the sha256."""
+    from safetensors import safe_open
+
+    tiny_model.save_pretrained(tmp_path / "a")
+    tiny_model.save_pretrained(tmp_path / "b")
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
+    with safe_open(str(tmp_path / "a" / "model.safetensors"), framework="pt") as f:
+        assert f.metadata() == {"format": "pt"}
 
 
 def test_float16_storage(tiny_model, tmp_path):
@@ -155,7 +188,7 @@ def test_unknown_pretrained_name():
 def test_load_weights_names_shape_mismatch(tiny_model, tmp_path):
     tiny_model.save_pretrained(tmp_path)
     other = zoo.create("transformer_tiny", src_vocab_size=50, tgt_vocab_size=50).net
-    with pytest.raises(ValueError, match=r"src_embed.weight \(\d+, 64\) vs \(50, 64\)"):
+    with pytest.raises(ValueError, match=r"(src_embed|out_proj).weight \(\d+, 64\) vs \(50, 64\)"):  # the tie's stored name
         load_weights(other, Path(tmp_path) / "model.safetensors")
 
 

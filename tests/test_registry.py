@@ -1,4 +1,6 @@
 import dataclasses
+import inspect
+import json
 
 import pytest
 import torch
@@ -88,3 +90,34 @@ def test_every_registered_model_tiny(name):
     logits.float().logsumexp(-1).mean().backward()
     grads = [p.grad for p in net.parameters() if p.requires_grad]
     assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+OPTIMISER_SETTINGS = {"lr", "warmup_steps", "betas", "eps", "weight_decay", "lr_schedule", "min_lr_ratio", "optimizer",
+                      "momentum", "lr_plateau_factor"}
+
+
+@pytest.mark.parametrize("arch", ["transformer_tiny", "rnn_lm", "image_transformer_tiny"])
+def test_every_task_takes_and_records_the_same_optimiser_settings(arch):
+    from zoo.hub import model_config
+    from zoo.tasks.base import ZooModule
+
+    declared = {n for n, p in inspect.signature(ZooModule.__init__).parameters.items() if p.kind is p.KEYWORD_ONLY}
+    assert declared == OPTIMISER_SETTINGS
+    model = zoo.create(arch, lr=5e-4, optimizer="nag")
+    assert OPTIMISER_SETTINGS <= set(type(model).init_arguments())
+    assert OPTIMISER_SETTINGS <= set(model.hparams)  # those left at their defaults too
+    assert (model.hparams.lr, model.hparams.optimizer, model.hparams.momentum) == (5e-4, "nag", 0.99)
+    assert OPTIMISER_SETTINGS <= set(model_config(model)["hparams"])
+    with pytest.raises(TypeError, match="lr must be a number"):
+        zoo.create(arch, lr="fast")
+
+
+def test_a_config_from_before_a_setting_existed_loads_with_its_default(tiny_model, tmp_path):
+    tiny_model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    for name in ("lr_schedule", "min_lr_ratio", "optimizer", "momentum", "lr_plateau_factor"):
+        config["hparams"].pop(name)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    model = zoo.load(str(tmp_path), lr=1e-4, dropout=0.0)
+    assert (model.hparams.lr, model.hparams.lr_schedule, model.hparams.optimizer) == (1e-4, "inverse_sqrt", "adamw")
+    assert model.hparams.arch_args["dropout"] == 0.0

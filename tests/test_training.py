@@ -330,3 +330,24 @@ def test_zoo_fit_keeps_what_the_config_chose(corpus, in_tmp):
     assert type(io) is AsyncCheckpointIO and type(io.checkpoint_io) is AtomicCheckpointIO  # still async, now atomic
     trainer = cli_trainer(corpus, "--checkpoint_every_n_steps", "0")
     assert not any(isinstance(cb, LastCheckpoint) for cb in trainer.callbacks)  # 0: Lightning's default checkpointing
+
+
+def test_last_checkpoint_writes_the_final_step_once(tmp_path):
+    """At the end of training last.ckpt gets the final weights, unless the interval just wrote them."""
+    from zoo.training import LastCheckpoint
+
+    written = []
+
+    class Trainer:
+        fast_dev_run, is_global_zero, loggers, global_step = False, True, [], 4
+
+        def save_checkpoint(self, path):
+            written.append(path)
+
+    trainer, last = Trainer(), LastCheckpoint(tmp_path, every_n_train_steps=2)
+    last.on_save_checkpoint(trainer, None, {})  # the interval's save at step 4
+    last.on_train_end(trainer, None)
+    assert written == []
+    trainer.global_step = 5
+    last.on_train_end(trainer, None)
+    assert written == [str(tmp_path / "last.ckpt")] and last.last_model_path == written[0]

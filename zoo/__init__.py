@@ -24,35 +24,23 @@ def create(name: str, **overrides: Any) -> Any:
 
     ``name`` may also be a pretrained ``arch.tag``: its architecture is built at random.
     ``overrides`` are task arguments (``src_vocab_size``, ``lr``) or architecture
-    arguments (``d_model``, ``dropout``).
+    arguments (``d_model``, ``dropout``); see :func:`zoo.tasks.base.split_overrides`.
     """
-    import dataclasses
-    import inspect
-    import typing
-
-    from zoo.models.base import check_types
     from zoo.tasks import task_class
+    from zoo.tasks.base import split_overrides
 
     arch = get_architecture(name.split(".", 1)[0])
     cls = task_class(arch.task)
-    task_params = set(inspect.signature(cls.__init__).parameters) - {"self"}
-    arch_args = dict(overrides.pop("arch_args", {}) or {})
-    net_fields = {f.name for f in dataclasses.fields(arch.config)}
-    for key in list(overrides):
-        if key not in task_params and key in net_fields:
-            arch_args[key] = overrides.pop(key)
-    unknown = set(overrides) - task_params
-    if unknown:
-        raise TypeError(f"{name}: unknown argument(s) {', '.join(sorted(unknown))}; see `zoo info {name}`")
-    check_types(cls.__name__, typing.get_type_hints(cls.__init__), overrides)
-    return cls(arch=arch.name, arch_args=arch_args, **overrides)
+    task_args, arch_args = split_overrides(cls, arch.name, overrides, what=name, hint=f"see `zoo info {name}`")
+    return cls(arch=arch.name, arch_args=arch_args, **task_args)
 
 
 def load(name_or_path: str, *, revision: str | None = None, **overrides: Any) -> Any:
     """A pretrained LightningModule in eval mode, its tokenizer attached.
 
     ``name_or_path`` is a local checkpoint folder, a registered ``arch.tag`` name or a
-    Hugging Face Hub repo id.
+    Hugging Face Hub repo id. ``overrides`` replace task hyperparameters (``lr``) or
+    architecture arguments (``dropout``), split as :func:`create` splits them.
     """
     from zoo.hub import load as _load
 

@@ -24,6 +24,14 @@ _IMAGE_USAGE = {  # by the pixel data's task
 }
 
 
+def _dataset_type(config: dict[str, Any]) -> str:
+    """The data set's id for the model-index: the image data's name, PTB, else Multi30k."""
+    data = config.get("data", {})
+    if config.get("task") == "image":
+        return data.get("dataset", "images")
+    return "ptb" if (data.get("datamodule") or {}).get("init_args", {}).get("dataset") == "ptb" else "multi30k"
+
+
 def _eval_results(config: dict[str, Any]) -> list[Any]:
     from huggingface_hub import EvalResult
 
@@ -36,13 +44,18 @@ def _eval_results(config: dict[str, Any]) -> list[Any]:
         if not isinstance(value, (int, float)):
             continue
         base, _, decoding = key.partition("/")  # e.g. "sacrebleu/beam4"
+        split = data.get("test_split", "test_2016_flickr")
+        if base.startswith("val_") and base[4:] in METRIC_NAMES:  # e.g. PTB's val_ppl: the metric on validation
+            base, split = base[4:], "validation"
         mtype, mname = METRIC_NAMES.get(base, (base, base))
+        if base == "ppl" and data.get("per_token"):  # e.g. PTB: per word, <eos> included
+            mname = f"perplexity per {data['per_token']}"
         results.append(
             EvalResult(
                 task_type=task_type,
-                dataset_type="multi30k" if config.get("task") != "image" else data.get("dataset", "images"),
+                dataset_type=_dataset_type(config),
                 dataset_name=data.get("dataset", "multi30k"),
-                dataset_split=data.get("test_split", "test_2016_flickr"),
+                dataset_split=split,
                 metric_type=mtype,
                 metric_name=f"{mname}, {decoding}" if decoding else mname,
                 metric_value=value,

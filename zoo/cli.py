@@ -101,19 +101,20 @@ def _model_class(argv: list[str]) -> Any:
 
 
 def _lightning(argv: list[str]) -> Any:
+    import inspect
+    import pickle
     import warnings
 
     from lightning.pytorch.cli import LightningCLI
     from lightning.pytorch.loggers import WandbLogger
 
     from zoo.tasks.base import ZooModule
-    from zoo.training import DEFAULT_EVERY_N_STEPS, LastCheckpoint, RandomState, install_atomic_checkpoint_io
-
-    import inspect
+    from zoo.training import DEFAULT_EVERY_N_STEPS, LastCheckpoint, RandomState, install_atomic_checkpoint_io, refused
 
     # the data module's vocabulary sizes and pad id flow into whichever of them the task takes
     task_params = inspect.signature(_model_class(argv).__init__).parameters
     links = [name for name in LINKABLE if name in task_params]
+    given: dict[str, Any] = {}  # what the parsed command names, for errors raised before the CLI object exists
 
     class ZooCLI(LightningCLI):
         def add_arguments_to_parser(self, parser: Any) -> None:
@@ -126,16 +127,10 @@ def _lightning(argv: list[str]) -> Any:
                      "0 leaves checkpointing to Lightning's default",
             )
 
-        def _parse_ckpt_path(self) -> None:
-            # LightningCLI reads the hyperparameters of --ckpt_path (weights_only); say in one line what it refused
-            import pickle
-
-            from zoo.training import refused
-
-            try:
-                super()._parse_ckpt_path()
-            except pickle.UnpicklingError as err:
-                raise refused(self.config[self.config.subcommand].get("ckpt_path"), err) from None
+        def parse_arguments(self, parser: Any, args: Any) -> None:
+            super().parse_arguments(parser, args)
+            subcommand = self.config.get("subcommand")
+            given["ckpt_path"] = self.config[subcommand].get("ckpt_path") if subcommand else None
 
         def instantiate_trainer(self, **kwargs: Any) -> Any:
             """The Trainer, with zoo's safety defaults: atomic checkpoints, a periodic last.ckpt, resumable RNG."""
@@ -200,6 +195,12 @@ def _lightning(argv: list[str]) -> Any:
             save_config_kwargs={"overwrite": True},
             parser_kwargs=parser_kwargs,
         )
+    except pickle.UnpicklingError as err:
+        # LightningCLI reads the hyperparameters of --ckpt_path with torch.load(weights_only=True) while it
+        # parses (the Trainer's own reads go through AtomicCheckpointIO, which explains a refusal itself)
+        if not given.get("ckpt_path"):
+            raise
+        raise refused(given["ckpt_path"], err) from None
     finally:
         _close_process_group()
 
@@ -343,7 +344,7 @@ def _sample_images(model: Any, args: argparse.Namespace) -> None:
 
 
 def cmd_attention(args: argparse.Namespace) -> None:
-    from zoo.viz import attention_figure
+    from zoo.viz import attention_figure, save_figure
 
     model = _load_kind(args.name, "attention", "translation")
     item = model.translate([args.sentence], beam_size=args.beam, return_attention=True)[0]
@@ -354,7 +355,7 @@ def cmd_attention(args: argparse.Namespace) -> None:
             raise ValueError(f"--layer {args.layer} does not exist; {args.name} has layers 1..{len(names)}")
         maps = {names[args.layer - 1]: maps[names[args.layer - 1]]}
     fig = attention_figure(maps, item.source_tokens, item.target_tokens, head=args.head, title=item.text)
-    fig.savefig(args.out, dpi=120)
+    save_figure(fig, args.out, dpi=120)
     print(f"{item.text}\nattention written to {args.out}")
 
 

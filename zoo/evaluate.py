@@ -10,7 +10,8 @@ What is measured, by kind of model:
 
 - translation: sacreBLEU and lowercased BLEU, greedy and beam 4, and the teacher-forced
   perplexity of the references;
-- text language models: perplexity per token, ``</s>`` included;
+- text language models: perplexity per token, ``</s>`` included, of whole sentences, or
+  of the split as one stream where the data is measured so (PTB: every word and ``<eos>``);
 - models of musical events: mean NLL per event (nats) of whole pieces;
 - image models: bits per dimension.
 """
@@ -119,6 +120,8 @@ def _translation(model: Any, dm: Any, split: str, limit: int | None, quick: bool
 
 
 def _text(model: Any, dm: Any, split: str, limit: int | None) -> dict[str, float]:
+    if getattr(dm, "scores_stream", False):  # the split as one stream; limit: its first targets
+        return {"ppl": round(math.exp(model.mean_nll(dm.stream_batches(split, first=limit))), 2)}
     return {"ppl": round(model.perplexity(_head(dm.texts(split), limit)), 2)}
 
 
@@ -180,6 +183,7 @@ def evaluate(name_or_folder: str, *, split: str = "test", data_dir: str | None =
     dm = data_module(datamodule_spec(config, name_or_folder), model.tokenizers, data_dir=data_dir, limit=limit)
     result = measure(model, dm, split, limit, quick)
     recorded = recorded_figures(config, split, limit)
+    recorded.update({k[len(split) + 1 :]: v for k, v in recorded.items() if k.startswith(f"{split}_")})  # val_ppl: ppl
     result["recorded"] = {k: recorded[k] for k in result["metrics"] if k in recorded}
     result["name"] = name_or_folder
     return result

@@ -99,6 +99,7 @@ def model_cards_section(name: str, path: Path = Path("MODEL_CARDS.md")) -> str |
 
 # -- what a checkpoint records --------------------------------------------------------
 HEAD = {"translation": ("test", 100), "text": ("test", 100), "music": ("val", 10), "image": ("test", 100)}
+HEAD_STREAM = 5000  # text measured as one stream (PTB): the first 5,000 targets
 
 
 def measure_stored(stored: Any, dm: Any, out: Path, limit: int | None) -> dict[str, Any]:
@@ -106,14 +107,20 @@ def measure_stored(stored: Any, dm: Any, out: Path, limit: int | None) -> dict[s
     from zoo.evaluate import kind_of, measure, nll_by_position
 
     kind = kind_of(stored, dm)
-    splits = ("val", "test") if kind == "music" else ("test",)
+    stream = kind == "text" and getattr(dm, "scores_stream", False)  # PTB: validation is recorded too, as val_ppl
+    splits = ("val", "test") if kind == "music" or stream else ("test",)
     runs = [measure(stored, dm, split, limit) for split in splits]
-    metrics = {k: v for r in runs for k, v in r["metrics"].items()}
+    metrics = {(f"val_{k}" if kind == "text" and r["split"] == "val" else k): v
+               for r in runs for k, v in r["metrics"].items()}
     split, first = HEAD[kind]
+    first = HEAD_STREAM if stream else first
     first = first if limit is None else min(first, limit)
     head = measure(stored, dm, split, first, quick=True)["metrics"]
     names = {"sacrebleu/greedy": "sacrebleu", f"{split}_nll": "nll"}
-    reproduce: dict[str, Any] = {"split": "test_2016_flickr" if kind in ("translation", "text") else split, "first": first}
+    reproduce: dict[str, Any] = {"split": split_label(stored, dm) if kind in ("translation", "text") else split,
+                                 "first": first}
+    if stream:
+        reproduce["items"] = "tokens"
     if kind == "translation":
         reproduce["beam_size"] = 1
     reproduce.update({names.get(k, k): v for k, v in head.items()})
@@ -122,7 +129,8 @@ def measure_stored(stored: Any, dm: Any, out: Path, limit: int | None) -> dict[s
         extra["val_nll_by_position"] = nll_by_position(stored, dm.eval_batches("val", first=limit))
     if kind == "image":
         extra["baselines"] = image_baselines(stored, dm)
-        write_samples(stored, dm, out)
+        if limit is None:  # sampling 16 images a pixel at a time is minutes of a deep model
+            write_samples(stored, dm, out)
     return {"metrics": metrics, "reproduce": reproduce, "extra": extra,
             "seconds": {r["split"]: r["seconds"] for r in runs}}
 
@@ -175,6 +183,7 @@ def export(
     card: str | None = None,
     recipe: str | None = None,
     limit: int | None = None,
+    measure: bool = True,
 ) -> dict[str, Any]:
     """Average, calibrate, store and measure; returns what was written and measured.
 
@@ -188,6 +197,8 @@ def export(
         card: Markdown body of the model card (default: the '## NAME' section of MODEL_CARDS.md).
         recipe: what rebuilds it, recorded in config.json (default: ``zoo reproduce NAME``).
         limit: measure on the first ``limit`` items of each split only (smoke runs).
+        measure: False stores the weights without measuring them (a step of a chain that
+            only starts the next one).
     """
     import zoo
     from zoo.hub import CARD, CONFIG, read_config, save_pretrained
@@ -219,6 +230,8 @@ def export(
         calibration = calibrate_image_model(model, dm, temperature)
     out = Path(out)
     save_pretrained(model, out, dtype=dtype, data=data)
+    if not measure:
+        return {"folder": str(out), "averaged": [str(p) for p in paths], "calibration": calibration}
 
     stored = zoo.load(str(out))  # measure what was stored, not what was trained
     measured = measure_stored(stored, dm, out, limit)
@@ -246,4 +259,4 @@ def split_label(stored: Any, dm: Any) -> str:
         return f"test ({len(dm.labels('test'))} held-out images)"
     if kind == "music":
         return "the data set's validation and test pieces, whole"
-    return "test_2016_flickr"
+    return dm.describe().get("test_split", "test_2016_flickr")

@@ -1,9 +1,7 @@
 """Grow a checkpoint without changing what it computes, to train on from there.
 
-    python -m zoo.grow checkpoints/image_transformer_small.mnist --layers 20 \
-        --out runs/image_transformer_small.mnist.deeper/grown
-    python -m zoo.grow checkpoints/music_transformer_small.jsb --set relative_pitch=36 \
-        --out runs/music_transformer_small.jsb.stage3/grown
+    zoo grow checkpoints/image_transformer_small.mnist --layers 32 --out runs/mnist_deeper
+    zoo grow checkpoints/music_transformer_small.jsb --set relative_pitch=36 --out runs/jsb_pitch
 
 Depth (``--layers``, pre-norm networks, any depth above the source's): each layer of the
 source is followed by copies of itself, spread evenly (8 -> 16: one copy after every layer;
@@ -157,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         small, big = grow(args.source, args.layers, dict(parse_setting(t) for t in args.set))
     except (ValueError, TypeError, FileNotFoundError, KeyError) as err:
-        raise SystemExit(f"zoo.grow: {err}") from None
+        raise SystemExit(f"zoo grow: {err}") from None
     what = ", ".join([f"{small.net.config.layers} -> {args.layers} layers"] * (args.layers is not None) + args.set)
     save_pretrained(big, Path(args.out), card=f"Grown from {args.source} ({what}) by `python -m zoo.grow`.")
     print(f"wrote {args.out}: {what}, outputs equal to the source's within 1e-5")

@@ -21,13 +21,14 @@ the pinned revision (another ``revision`` always downloads that one); else a Hub
 Saving is atomic per folder: every file is written and flushed to disk under a temporary
 name first, then all are renamed into place, so a save that fails leaves the previous
 checkpoint as it was.
+
+Uploading has one path, :func:`upload_folder`: ``push_to_hub`` saves a model to a
+temporary folder and uploads that; ``publish`` uploads a checkpoint folder as it is.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
-import inspect
 import json
 import os
 import tempfile
@@ -40,7 +41,7 @@ from torch import nn
 
 import zoo
 from zoo.io import atomic_write, fsync, remove_if_exists, stage
-from zoo.registry import PRETRAINED, Pretrained, check_repo_id, check_revision, get_architecture, get_pretrained
+from zoo.registry import PRETRAINED, Pretrained, check_repo_id, check_revision, get_pretrained
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONFIG, WEIGHTS, TOKENIZER, SRC_TOKENIZER, CARD = "config.json", "model.safetensors", "tokenizer.json", "tokenizer_src.json", "README.md"
@@ -147,31 +148,34 @@ def read_config(folder: str | os.PathLike) -> dict[str, Any]:
 
 
 # -- weights ------------------------------------------------------------------------
-def _unique_state(net: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """State dict with each shared tensor once, and a map alias -> stored name."""
-    state, aliases, seen = {}, {}, {}
-    for key, value in net.state_dict().items():
-        ptr = (value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape))
-        if value.numel() and ptr in seen:
-            aliases[key] = seen[ptr]
-        else:
-            seen[ptr] = key
-            state[key] = value
-    return state, aliases
+class _OneKeyMetadata(dict):
+    """The file's metadata: ``{"format": "pt"}``, and nothing that ``save_model`` adds to it.
+
+    ``save_model`` records each tied name it leaves out as a metadata entry, and safetensors
+    writes metadata entries in no fixed order (safetensors issue #584), so the same weights
+    would give other bytes, and another sha256, at each save. The names left out need no
+    record: ``load_model`` finds them from the model's own tied tensors.
+    """
+
+    def __setitem__(self, key: str, value: str) -> None:
+        pass
 
 
 def _weights_writer(net: nn.Module, dtype: torch.dtype | None = None) -> Any:
-    """A function writing ``net``'s weights as safetensors to the path it is given."""
-    from safetensors.torch import save_file
+    """A function writing ``net``'s weights as safetensors to the path it is given.
 
-    state, aliases = _unique_state(net)
-    state = {
-        k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().contiguous()
-        for k, v in state.items()
-    }
-    # one metadata key: safetensors writes its metadata map in no fixed order, and identical
-    # weights should give identical bytes (git keeps every version of a checkpoint)
-    return lambda tmp: save_file(state, tmp, metadata={"format": "pt"})
+    safetensors' ``save_model`` stores each tied tensor once, under one of its names. For
+    another storage dtype it saves a converted copy of ``net`` (``Module.to`` keeps the ties;
+    integer buffers keep their type), so ``net`` itself is left as it is.
+    """
+    import copy
+
+    from safetensors.torch import save_model
+
+    float_types = {t.dtype for t in net.state_dict().values() if t.is_floating_point()}
+    if dtype is not None and float_types - {dtype}:
+        net = copy.deepcopy(net).to(dtype)
+    return lambda tmp: save_model(net, tmp, metadata=_OneKeyMetadata(format="pt"))
 
 
 def save_weights(net: nn.Module, path: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
@@ -206,19 +210,44 @@ def _some(keys: list[str], n: int = 5) -> str:
     return f"[{shown}, ... {len(keys) - n} more]" if len(keys) > n else f"[{shown}]"
 
 
+def _key_mismatch(net: nn.Module, stored: set[str]) -> tuple[list[str], list[str]]:
+    """(missing, unexpected) names of a file holding ``stored``, for ``net``.
+
+    Each tensor must be stored once: a tied one (one Parameter under several names) under any
+    one of its names. One stored under none of them, or under several, has its first name
+    missing and the other names stored unexpected.
+    """
+    state = net.state_dict(keep_vars=True)
+    names_of: dict[int, list[str]] = {}
+    for key, value in state.items():
+        names_of.setdefault(id(value), []).append(key)
+    missing, unexpected = [], stored - set(state)
+    for first, *others in names_of.values():
+        held = [n for n in (first, *others) if n in stored]
+        if len(held) != 1:
+            missing += [] if first in stored else [first]
+            unexpected.update(n for n in held if n != first)
+    return sorted(missing), sorted(unexpected)
+
+
 def load_weights(net: nn.Module, path: str | os.PathLike, *, source: dict[str, Any] | None = None, into: str | None = None) -> None:
     """Load ``path`` into ``net`` strictly: every tensor present, none extra, shapes equal.
 
-    ``source`` is the config.json of the folder (read from beside ``path`` when not given)
-    and ``into`` the architecture name of ``net``; errors name both.
+    The names and shapes in the file's header are checked first, so a file of another
+    architecture leaves ``net`` as it was; safetensors' ``load_model`` then loads it (a tied
+    tensor stored under any one of its names fills all of them; fp16 storage is cast to the
+    model's dtype). ``source`` is the config.json of the folder (read from beside ``path``
+    when not given) and ``into`` the architecture name of ``net``; errors name both.
     """
-    from safetensors.torch import load_file
+    from safetensors import safe_open
+    from safetensors.torch import load_model
 
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing; the checkpoint folder is incomplete, download or save it again")
     try:
-        loaded = load_file(str(path))
+        with safe_open(str(path), framework="pt") as f:  # the header: names and shapes, checked against the file's length
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     except Exception as err:  # safetensors raises its own error type for bad headers and short files
         raise ValueError(f"{path} is truncated or corrupt ({err}); delete the folder and download or save it again") from None
     if source is None:
@@ -226,29 +255,30 @@ def load_weights(net: nn.Module, path: str | os.PathLike, *, source: dict[str, A
             source = json.loads((path.parent / CONFIG).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             source = None
-    expected, aliases = _unique_state(net)
-    missing = sorted(set(expected) - set(loaded))
-    unexpected = sorted(set(loaded) - set(expected))
-    if missing or unexpected:
-        raise ValueError(
-            f"weights in {path} do not match the model: "
-            f"missing {_some(missing)}, unexpected {_some(unexpected)}; "
+
+    def mismatch(missing: list[str], unexpected: list[str]) -> ValueError:
+        return ValueError(
+            f"weights in {path} do not match the model: missing {_some(missing)}, unexpected {_some(unexpected)}; "
             f"{_provenance(net, source, into)}; load the folder with zoo.load, or give weights of this architecture"
         )
+
+    missing, unexpected = _key_mismatch(net, set(shapes))
+    if missing or unexpected:
+        raise mismatch(missing, unexpected)
     data_sized = set(getattr(net, "data_sized_buffers", ()))  # e.g. n-gram counts: as large as the data made them
     wrong = [
-        f"{k} {tuple(loaded[k].shape)} vs {tuple(v.shape)}"
-        for k, v in expected.items()
-        if loaded[k].shape != v.shape and k not in data_sized
+        f"{k} {shapes[k]} vs {tuple(v.shape)}"
+        for k, v in net.state_dict().items()
+        if k in shapes and shapes[k] != tuple(v.shape) and k not in data_sized
     ]
     if wrong:
         more = f"; and {len(wrong) - 5} more" if len(wrong) > 5 else ""
         raise ValueError(
             f"weights in {path} have other shapes than the model: {'; '.join(wrong[:5])}{more}; {_provenance(net, source, into)}"
         )
-    for alias, key in aliases.items():
-        loaded[alias] = loaded[key]
-    net.load_state_dict(loaded, strict=True)  # copies, casting fp16 storage to the model's dtype
+    missing, unexpected = load_model(net, path, strict=False)  # e.g. a tie stored twice: one name is unexpected
+    if missing or unexpected:
+        raise mismatch(sorted(missing), sorted(unexpected))
 
 
 # -- tokenizers ---------------------------------------------------------------------
@@ -301,30 +331,19 @@ def read_pretrained(name_or_path: str, revision: str | None = None) -> Pretraine
 def load(name_or_path: str, *, revision: str | None = None, **overrides: Any) -> Any:
     """A pretrained LightningModule in eval mode with its tokenizer attached.
 
-    ``overrides`` replace task hyperparameters (``lr``, ``label_smoothing``) or, for
-    names of the architecture's config, its arguments (``dropout``).
+    ``overrides`` replace task hyperparameters (``lr``, ``label_smoothing``) or arguments of
+    the architecture's config (``dropout``), split as ``zoo.create`` splits them.
     """
     from zoo.tasks import task_class
+    from zoo.tasks.base import split_overrides
 
     files = read_pretrained(name_or_path, revision)
     hparams = dict(files.config["hparams"])
     cls = task_class(files.config["task"])
-    arch_args = dict(hparams.get("arch_args") or {})
-    net_fields = {f.name for f in dataclasses.fields(get_architecture(hparams["arch"]).config)}
-    task_params = set(inspect.signature(cls.__init__).parameters) - {"self", "arch", "arch_args", "init_from"}
-    unknown = sorted(set(overrides) - task_params - net_fields)
-    if unknown:
-        raise TypeError(
-            f"{name_or_path}: unknown argument(s) {', '.join(unknown)}; give task arguments "
-            f"({', '.join(sorted(task_params))}) or the architecture's ({', '.join(sorted(net_fields))})"
-        )
-    for key, value in overrides.items():
-        if key in net_fields and key not in hparams:
-            arch_args[key] = value
-        else:
-            hparams[key] = value
-    hparams["arch_args"] = arch_args
-    hparams.pop("init_from", None)
+    task_args, arch_args = split_overrides(cls, hparams["arch"], overrides, fixed=("init_from",), what=str(name_or_path))
+    hparams.update(task_args)
+    hparams["arch_args"] = {**(hparams.get("arch_args") or {}), **arch_args}
+    hparams.pop("init_from", None)  # the weights below are the start
     model = cls(**hparams)
     files.load_into(model.net, hparams["arch"])
     model.tokenizers = files.tokenizers
@@ -357,7 +376,7 @@ def _atomic_folder(folder: Path, writers: dict[str, Any]) -> None:
 
 
 def model_config(model: Any, *, metrics: dict[str, Any] | None = None, data: dict[str, Any] | None = None, dtype: str = "float32") -> dict[str, Any]:
-    accepted = set(inspect.signature(type(model).__init__).parameters) - {"self", "init_from"}
+    accepted = set(type(model).init_arguments()) - {"init_from"}
     hparams = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(model.hparams).items() if k in accepted}
     tok = model.tokenizers
     config = {
@@ -370,7 +389,7 @@ def model_config(model: Any, *, metrics: dict[str, Any] | None = None, data: dic
         "dtype": dtype,
     }
     if tok is not None:
-        kind = tok[1].to_dict()["type"] if hasattr(tok[1], "to_dict") else "BPE (Hugging Face tokenizers, Metaspace, NFKC)"
+        kind = tok[1].to_dict()["type"] if hasattr(tok[1], "to_dict") else tok[1].kind
         specials = {k: getattr(tok[1], f"{k}_id", None) for k in ("pad", "unk", "bos", "eos")}
         config["tokenizer"] = {
             "type": kind,
@@ -426,34 +445,50 @@ def save_pretrained(
     return folder
 
 
-def push_to_hub(model: Any, repo_id: str, *, private: bool = False, commit_message: str = "Upload zoo model", **save_kwargs: Any) -> str:
+# -- publishing ---------------------------------------------------------------------
+def checkpoint_files(folder: Path) -> list[str]:
+    """The checkpoint files ``folder`` holds, in upload order: nothing else of it is ever uploaded."""
+    return [f for f in ALLOWED_FILES if (folder / f).is_file()]
+
+
+def upload_folder(folder: str | os.PathLike, repo_id: str, *, private: bool = False, commit_message: str) -> str:
+    """The one way zoo uploads: create ``repo_id`` when missing, then upload ``folder``'s checkpoint
+    files in one commit with huggingface_hub's ``HfApi.upload_folder``. Returns the commit URL."""
     from huggingface_hub import HfApi
 
     check_repo_id(repo_id)
-
-    with tempfile.TemporaryDirectory() as tmp:
-        save_pretrained(model, tmp, **save_kwargs)
-        api = HfApi()
-        api.create_repo(repo_id, private=private, exist_ok=True)
-        info = api.upload_folder(repo_id=repo_id, folder_path=tmp, commit_message=commit_message)
+    folder = Path(folder)
+    api = HfApi()
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), allow_patterns=checkpoint_files(folder),
+                             commit_message=commit_message)
     return str(info)
 
 
+def push_to_hub(model: Any, repo_id: str, *, private: bool = False, commit_message: str = "Upload zoo model", **save_kwargs: Any) -> str:
+    """Save ``model`` to a temporary folder (``save_kwargs`` go to :func:`save_pretrained`) and
+    upload that with :func:`upload_folder`; returns the commit URL."""
+    check_repo_id(repo_id)  # before the save, which may take a while
+    with tempfile.TemporaryDirectory() as tmp:
+        save_pretrained(model, tmp, **save_kwargs)
+        return upload_folder(tmp, repo_id, private=private, commit_message=commit_message)
+
+
 def publish(name_or_path: str, repo_id: str, *, dry_run: bool = False, private: bool = False) -> list[str]:
-    """Upload a checkpoint folder as it is (weights, config, tokenizer, card) to ``repo_id``."""
+    """Upload a checkpoint folder as it is (weights, config, tokenizer, card) to ``repo_id``.
+
+    The files go up byte for byte, so a registered name's weights keep their published
+    sha256. ``dry_run`` lists what would be uploaded and uploads nothing.
+    """
     check_repo_id(repo_id)
     folder = resolve_folder(name_or_path)
-    files = [f for f in ALLOWED_FILES if (folder / f).exists()]
+    files = checkpoint_files(folder)
     total = sum((folder / f).stat().st_size for f in files)
     print(f"{'would upload' if dry_run else 'uploading'} {folder} -> https://huggingface.co/{repo_id}")
     for f in files:
         print(f"  {f:22s} {(folder / f).stat().st_size / 1e6:8.2f} MB")
     print(f"  {'total':22s} {total / 1e6:8.2f} MB")
     if not dry_run:
-        from huggingface_hub import HfApi
-
-        api = HfApi()
-        api.create_repo(repo_id, private=private, exist_ok=True)
-        info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), allow_patterns=files, commit_message=f"Upload {folder.name}")
+        info = upload_folder(folder, repo_id, private=private, commit_message=f"Upload {folder.name}")
         print(f"uploaded: {info}")
     return files

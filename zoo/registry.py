@@ -88,6 +88,12 @@ ZOO_LICENSE = "MIT (weights); Multi30k: research use"
 JSB_CHORALES = "JSB Chorales (Coconet Jsb16thSeparated: 229/76/77 chorales), S, A, T, B pitches per 16th-note step"
 NOTTINGHAM = "Nottingham folk tunes (969 MIDI files; 80/10/10 split by name, seed 0), performance events"
 MUSIC_LICENSE = "MIT (weights); JSB Chorales and Nottingham: public research sets"
+PTB = ("Penn Treebank, word level, Mikolov's preprocessing: 10,000-word vocabulary, <eos> after each line "
+       "(929,589 / 73,760 / 82,430 train / valid / test tokens)")
+PTB_LICENSE = "MIT (weights); Penn Treebank: LDC derivative, distributed for research"
+BABI = ("bAbI QA tasks 1-20 v1.2, English, 1k: 1,000 training questions a task (10% held out for validation) "
+        "and 1,000 test questions a task, the 20 tasks jointly")
+BABI_LICENSE = "MIT (weights); bAbI: CC BY 3.0"
 
 ARCHITECTURES: dict[str, Architecture] = {}
 PRETRAINED: dict[str, Pretrained] = {}

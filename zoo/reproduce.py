@@ -28,7 +28,7 @@ CHAINS = REPO_ROOT / "configs" / "chains.yaml"
 STATE = "chain.json"
 KINDS = ("fit", "grow", "export")
 
-# every fit step at smoke scale: two training batches, one validation batch, a CSV log in place of W&B
+# every fit step at smoke scale: two training batches, one validation batch
 SMOKE_FIT = ["--trainer.max_steps", "2", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",
              "--trainer.val_check_interval", "null", "--trainer.check_val_every_n_epoch", "1",
              "--trainer.num_sanity_val_steps", "0", "--trainer.max_time", "null",
@@ -191,12 +191,12 @@ class Runner:
                       last=bool(spec.get("last", False)), dtype=spec.get("dtype", "float32"),
                       calibrate=bool(spec.get("calibrate", False)), temperature=spec.get("temperature"),
                       card="" if not last_step or self.smoke else None,
-                      limit=SMOKE_LIMIT if self.smoke else None)
+                      limit=SMOKE_LIMIT if self.smoke else None, measure=last_step)
 
 
 def fit_config(recipe: Path, folder: Path, init_from: Path | None, smoke: bool = False) -> str:
     """The recipe as this step runs it: its run folders moved into ``folder``, ``init_from`` filled in
-    (and at smoke scale, a CSV log in the folder in place of the recipe's logger)."""
+    (and at smoke scale, small data and no logger)."""
     import yaml
 
     cfg = yaml.safe_load(recipe.read_text(encoding="utf-8"))
@@ -215,9 +215,11 @@ def fit_config(recipe: Path, folder: Path, init_from: Path | None, smoke: bool =
     cfg.setdefault("trainer", {})["default_root_dir"] = str(folder)
     model_args = cfg.setdefault("model", {}).setdefault("init_args", {})
     model_args["init_from"] = str(init_from) if init_from else None
-    if smoke:
-        cfg["trainer"]["logger"] = {"class_path": "lightning.pytorch.loggers.CSVLogger",
-                                    "init_args": {"save_dir": str(folder), "name": "", "version": ""}}
+    if smoke:  # no logger (nor the callbacks that need one): a smoke run's figures mean nothing
+        trainer = cfg["trainer"]
+        trainer["logger"] = False
+        trainer["callbacks"] = [cb for cb in trainer.get("callbacks") or []
+                                if not str(cb.get("class_path", "")).endswith("LearningRateMonitor")]
         data = cfg.get("data") or {}
         if isinstance(data, dict) and data.get("class_path"):
             accepted = inspect.signature(_import(data["class_path"])).parameters

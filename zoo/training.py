@@ -20,14 +20,15 @@ import os
 import pickle
 import random
 import re
+import weakref
 from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
+from fsspec.utils import get_protocol
 from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.plugins.io import AsyncCheckpointIO, TorchCheckpointIO
 
 from zoo.io import atomic_write
 
@@ -45,7 +46,7 @@ DEFAULT_EVERY_N_STEPS = 500
 
 def _local_path(path: Any) -> str | None:
     """The file-system path of a local ``path`` or ``file://`` URL; None for remote ones."""
-    if not isinstance(path, (str, os.PathLike)) or not _is_local_file_protocol(path):
+    if not isinstance(path, (str, os.PathLike)) or get_protocol(os.fspath(path)) != "file":
         return None
     text = os.fspath(path)
     return text[len("file://"):] if text.startswith("file://") else text
@@ -124,24 +125,15 @@ def install_atomic_checkpoint_io(trainer: Any) -> bool:
     """Give ``trainer`` an :class:`AtomicCheckpointIO` where it would use Lightning's default one.
 
     A checkpoint IO the user chose (a plugin of their own, the XLA or DeepSpeed one) is kept;
-    an ``AsyncCheckpointIO`` keeps its asynchrony around an atomic writer. Returns whether
-    it installed one.
+    an ``AsyncCheckpointIO`` around the default keeps its asynchrony, around an atomic writer.
+    Returns whether it installed one.
     """
-    from lightning.pytorch.plugins.io.wrapper import _WrappingCheckpointIO
-
     strategy = trainer.strategy
-    current = getattr(strategy, "_checkpoint_io", None)
-    if isinstance(current, _WrappingCheckpointIO):
-        # read the wrapper's base before the strategy's getter fills it with a TorchCheckpointIO for good
-        inner = current.checkpoint_io
-        if inner is None and "xla" not in type(strategy).__name__.lower():
-            current.checkpoint_io = AtomicCheckpointIO()
-            return True
-        if type(inner) is TorchCheckpointIO:
-            current._checkpoint_io = AtomicCheckpointIO()
-            return True
-        return False
-    if type(strategy.checkpoint_io) is TorchCheckpointIO:  # what Lightning would use: the plain default
+    current = strategy.checkpoint_io  # where none was chosen, Lightning fills in its default here
+    if type(current) is AsyncCheckpointIO and type(current.checkpoint_io) is TorchCheckpointIO:
+        strategy.checkpoint_io = AsyncCheckpointIO(AtomicCheckpointIO())
+        return True
+    if type(current) is TorchCheckpointIO:
         strategy.checkpoint_io = AtomicCheckpointIO()
         return True
     return False
@@ -159,11 +151,23 @@ class LastCheckpoint(ModelCheckpoint):
         if every_n_train_steps < 1:
             raise ValueError(f"every_n_train_steps must be >= 1, not {every_n_train_steps}")
         super().__init__(dirpath=dirpath, save_top_k=0, save_last=True, every_n_train_steps=every_n_train_steps)
+        self.saved_step: int | None = None  # the global step of the last checkpoint the trainer wrote
+
+    def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+        self.saved_step = trainer.global_step
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
-        # the final weights too, whether or not the last step fell on the interval
-        if not self._should_skip_saving_checkpoint(trainer):
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        """The final weights too, whether or not the last step fell on the interval.
+
+        Lightning's own ``on_train_end`` writes ``last.ckpt`` only when no step did.
+        """
+        if trainer.fast_dev_run or self.saved_step == trainer.global_step:
+            return
+        self.last_model_path = self.last_model_path or self.format_checkpoint_name({}, self.CHECKPOINT_NAME_LAST)
+        trainer.save_checkpoint(self.last_model_path)
+        if trainer.is_global_zero:
+            for logger in trainer.loggers:  # as after ModelCheckpoint's own saves (W&B's log_model uploads it)
+                logger.after_save_checkpoint(weakref.proxy(self))
 
 
 class RandomState(Callback):

@@ -1,12 +1,21 @@
-"""Attention heatmaps: which source tokens a model looked at for each target token."""
+"""Attention heatmaps: which source tokens a model looked at for each target token.
+
+Figures are drawn on a plain ``matplotlib.figure.Figure``, never through pyplot: the
+caller's matplotlib backend stays as it was (a notebook's inline one, a desktop window),
+and nothing is left open in pyplot's list of figures. Save one with :func:`save_figure`.
+"""
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from torch import Tensor
+
+from zoo.io import atomic_write
 
 
 def attention_figure(
@@ -18,12 +27,9 @@ def attention_figure(
 ) -> Any:
     """One heatmap per named map (heads, T, S): target tokens down, source tokens across.
 
-    ``head`` picks one head; by default the heads are averaged.
+    ``head`` picks one head; by default the heads are averaged. Returns a ``Figure``.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     n = len(maps)
     cols = min(n, 3)
@@ -31,7 +37,8 @@ def attention_figure(
     cell = 0.38
     fig_w = max(4.0, cols * (len(src_tokens) * cell + 1.6))
     fig_h = max(3.0, rows * (len(tgt_tokens) * cell + 1.4))
-    fig, axes = plt.subplots(rows, cols, figsize=(fig_w, fig_h), squeeze=False)
+    fig = Figure(figsize=(fig_w, fig_h))
+    axes = fig.subplots(rows, cols, squeeze=False)
     for ax, (name, w) in zip(axes.flat, maps.items()):
         if head is not None and not 0 <= head < w.size(0):
             raise ValueError(f"head {head} does not exist: {name} has heads 0..{w.size(0) - 1}")
@@ -51,54 +58,17 @@ def attention_figure(
 
 
 def figure_to_array(fig: Any) -> Any:
-    """RGB pixels (H, W, 3) of a matplotlib figure, and close it."""
-    import matplotlib.pyplot as plt
+    """RGB pixels (H, W, 3) of a matplotlib figure, rendered with Agg whatever the backend."""
     import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    fig.canvas.draw()
-    pixels = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
-    plt.close(fig)
-    return pixels
-
-
-def piano_roll_figure(notes: Any, title: str = "") -> Any:
-    """A piano roll of notes (N, 4) = (pitch, onset s, offset s, velocity): time across,
-    pitch up, each note a bar shaded by its velocity."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    arr = np.asarray(notes, dtype=np.float64).reshape(-1, 4)
-    end = float(arr[:, 2].max()) if len(arr) else 1.0
-    fig, ax = plt.subplots(figsize=(min(16.0, 3.0 + end / 2), 4.0))
-    if len(arr):
-        colours = plt.cm.viridis(arr[:, 3] / 127.0)
-        ax.barh(arr[:, 0], arr[:, 2] - arr[:, 1], left=arr[:, 1], height=0.8, color=colours, edgecolor="none")
-        lo, hi = arr[:, 0].min(), arr[:, 0].max()
-        ax.set_ylim(lo - 2, hi + 2)
-    ax.set_xlim(0, end)
-    ax.set_xlabel("time (s)")
-    ax.set_ylabel("MIDI pitch")
-    ax.grid(axis="y", alpha=0.2)
-    if title:
-        ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    return fig
+    canvas = fig.canvas if isinstance(fig.canvas, FigureCanvasAgg) else FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
-def save_piano_roll(notes: Any, path: Any, title: str = "") -> Any:
-    """Write :func:`piano_roll_figure` to ``path`` (PNG) atomically; returns the path."""
-    import os
-    from pathlib import Path
-
-    import matplotlib.pyplot as plt
-
+def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 100) -> Path:
+    """Write ``fig`` to ``path`` atomically, in the format its suffix names (``.png``, ``.pdf``, ``.svg``)."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig = piano_roll_figure(notes, title)
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+    fmt = path.suffix.lstrip(".").lower() or "png"
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=dpi))

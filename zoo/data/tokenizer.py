@@ -1,10 +1,16 @@
-"""Subword tokenisers, trained with Hugging Face ``tokenizers`` and saved as tokenizer.json.
+"""Tokenizers and their files: subword text tokenizers, the base of the small JSON ones,
+and the one reader that turns any tokenizer.json of the zoo into its tokenizer.
 
-Byte-pair encoding (Sennrich et al. 2016) over Unicode-normalised text, with a
-Metaspace pre-tokeniser so that decoding restores the original spacing: what
-``decode(encode(s))`` returns is detokenised text, ready for sacreBLEU.
+Text: byte-pair encoding (Sennrich et al. 2016), trained with Hugging Face ``tokenizers``
+over Unicode-normalised text, with a Metaspace pre-tokeniser so that decoding restores the
+original spacing: what ``decode(encode(s))`` returns is detokenised text, ready for
+sacreBLEU. Special tokens have fixed ids in every zoo text tokeniser: <pad>=0, <unk>=1,
+<s>=2, </s>=3.
 
-Special tokens have fixed ids in every zoo tokeniser: <pad>=0, <unk>=1, <s>=2, </s>=3.
+MIDI events, chorale grids and pixels have tokenizers described by a few numbers, saved as
+a small JSON object whose ``"type"`` names the kind (``JSON_KINDS``); they derive from
+:class:`JsonTokenizer`. :func:`tokenizer_from_str` and :func:`read_tokenizer` read a
+tokenizer of any kind.
 """
 
 from __future__ import annotations
@@ -17,9 +23,12 @@ from typing import Any
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
+from zoo.io import atomic_write, write_text
+
 PAD, UNK, BOS, EOS = "<pad>", "<unk>", "<s>", "</s>"
 SPECIALS = [PAD, UNK, BOS, EOS]
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = range(4)
+EOS_NAMES = (EOS, "<eos>")  # the end token: </s>, or <eos> in corpora that write it so (Penn Treebank)
 
 
 class TextTokenizer:
@@ -29,7 +38,8 @@ class TextTokenizer:
 
     def __init__(self, tokenizer: Tokenizer) -> None:
         for i, tok in enumerate(SPECIALS):
-            if tokenizer.token_to_id(tok) != i:
+            names = EOS_NAMES if tok == EOS else (tok,)
+            if all(tokenizer.token_to_id(name) != i for name in names):
                 raise ValueError(
                     f"a zoo tokenizer maps {tok} to id {i} and this one does not; "
                     "train one with TextTokenizer.train (the data modules do)"
@@ -47,6 +57,33 @@ class TextTokenizer:
         )
         tok.train_from_iterator(texts, trainer)
         return cls(tok)
+
+    @classmethod
+    def words(cls, texts: Iterable[str], eos: str = "<eos>") -> "TextTokenizer":
+        """A closed word-level vocabulary: every whitespace-separated word of ``texts``, nothing
+        split into subwords, a word not among them read as <unk>. The specials come first
+        (``eos`` names the end token), then the words by falling frequency (ties alphabetical)."""
+        if eos not in EOS_NAMES:
+            raise ValueError(f"the end token is one of {', '.join(EOS_NAMES)}, not {eos!r}")
+        counts: dict[str, int] = {}
+        for text in texts:
+            for word in text.split():
+                counts[word] = counts.get(word, 0) + 1
+        specials = [PAD, UNK, BOS, eos]
+        vocab = {w: i for i, w in enumerate(specials)}
+        for word in sorted(counts, key=lambda w: (-counts[w], w)):
+            vocab.setdefault(word, len(vocab))
+        tok = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
+        tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+        tok.add_special_tokens([PAD, BOS, eos])  # <unk> is a word of such corpora: decoding keeps it
+        return cls(tok)
+
+    @property
+    def kind(self) -> str:
+        """What kind of tokenizer this is, in words (for config.json)."""
+        model = json.loads(self.tok.to_str())["model"]["type"]
+        return "WordLevel (whitespace split, closed vocabulary)" if model == "WordLevel" else \
+            "BPE (Hugging Face tokenizers, Metaspace, NFKC)"
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> "TextTokenizer":
@@ -67,10 +104,7 @@ class TextTokenizer:
         return cls(Tokenizer.from_str(text))
 
     def save(self, path: str | os.PathLike) -> None:
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        self.tok.save(str(tmp))
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: self.tok.save(tmp))
 
     @property
     def vocab_size(self) -> int:
@@ -96,13 +130,36 @@ class TextTokenizer:
         return self.tok.encode(text, add_special_tokens=False).tokens
 
 
+# -- the small JSON tokenizers (MIDI events, chorale grid, pixels) ------------------------
+def tokenizer_json(text: str, what: str = "zoo tokenizer") -> dict[str, Any]:
+    """The JSON object of a tokenizer file, or a one-line ValueError that names ``what`` was expected."""
+    try:
+        d = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"not a {what} file: it is not JSON ({err}); give the tokenizer.json saved with the model") from None
+    if not isinstance(d, dict):
+        raise ValueError(f"not a {what} file: it holds a JSON {type(d).__name__}, not an object; "
+                         "give the tokenizer.json saved with the model")
+    return d
+
+
+def read_tokenizer_text(path: str | os.PathLike, what: str = "zoo tokenizer") -> str:
+    """The text of a tokenizer file; a file that is not UTF-8 is a one-line ValueError."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path} is not a {what} file (not UTF-8 text); give the tokenizer.json saved with the model") from None
+
+
 class JsonTokenizer:
     """Base of the tokenizers described by a small JSON object (MIDI events, chorale grid, pixels).
 
-    Subclasses define ``to_dict`` (with a ``"type"`` naming their kind) and ``from_dict``;
-    the text form, files (written atomically) and equality follow from them. ``_parse`` and
-    ``_read`` may be overridden to word their errors for the kind of file they expect.
+    Subclasses define ``to_dict`` (with a ``"type"`` naming their kind, listed in
+    ``JSON_KINDS``) and ``from_dict``; the text form, files (written atomically) and equality
+    follow from them. ``what`` names the kind of file in the errors of a file that is not one.
     """
+
+    what = "zoo tokenizer"
 
     def to_dict(self) -> dict[str, Any]:
         raise NotImplementedError
@@ -111,34 +168,19 @@ class JsonTokenizer:
     def from_dict(cls, d: dict[str, Any]) -> Any:
         raise NotImplementedError
 
-    @classmethod
-    def _parse(cls, text: str) -> dict[str, Any]:
-        try:
-            d = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{cls.__name__} file is not valid JSON ({err}); re-save it") from None
-        return d if isinstance(d, dict) else {}
-
-    @classmethod
-    def _read(cls, path: str | os.PathLike) -> str:
-        return Path(path).read_text(encoding="utf-8")
-
     def to_str(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
     def from_str(cls, text: str) -> Any:
-        return cls.from_dict(cls._parse(text))
+        return cls.from_dict(tokenizer_json(text, cls.what))
 
     def save(self, path: str | os.PathLike) -> None:
-        path = Path(path)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        write_text(path, json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> Any:
-        return cls.from_str(cls._read(path))
+        return cls.from_str(read_tokenizer_text(path, cls.what))
 
     def __eq__(self, other: object) -> bool:
         return type(other) is type(self) and self.to_dict() == other.to_dict()
@@ -148,31 +190,33 @@ class JsonTokenizer:
 
 
 # -- every kind of zoo tokenizer, from its JSON --------------------------------------
-# Text tokenizers are Hugging Face tokenizer.json files; the MIDI and pixel tokenizers
-# write a small JSON object whose "type" names their kind.
-_KINDS = {"midi_events": "zoo.data.midi", "chorale_grid": "zoo.data.midi", "pixels": "zoo.data.pixels"}
+# Text tokenizers are Hugging Face tokenizer.json files (no top-level "type"); the others
+# write a small JSON object whose "type" names their class, imported only when needed.
+JSON_KINDS = {
+    "midi_events": ("zoo.data.midi.tokenizer", "EventTokenizer"),
+    "chorale_grid": ("zoo.data.midi.tokenizer", "ChoraleTokenizer"),
+    "pixels": ("zoo.data.pixels.tokenizer", "PixelTokenizer"),
+}
 
 
 def tokenizer_from_str(text: str) -> Any:
     """The zoo tokenizer (text, MIDI events, chorale grid or pixels) that ``text`` describes."""
     try:
-        kind = json.loads(text).get("type")
-    except (ValueError, AttributeError):
-        kind = None
-    if kind in _KINDS:
+        d = tokenizer_json(text)
+    except ValueError:  # not a JSON object: Hugging Face tokenizers says what is wrong with it
+        d = {}
+    if d.get("type") in JSON_KINDS:
         import importlib
 
-        module = importlib.import_module(_KINDS[kind])
-        if kind == "pixels":
-            return module.PixelTokenizer.from_str(text)
-        return module.tokenizer_from_str(text)
+        module, name = JSON_KINDS[d["type"]]
+        return getattr(importlib.import_module(module), name).from_dict(d)
     return TextTokenizer.from_str(text)
 
 
 def read_tokenizer(path: str | os.PathLike) -> Any:
     """A tokenizer file of any kind (see :func:`tokenizer_from_str`)."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = read_tokenizer_text(path)
     except OSError as err:
         raise ValueError(f"cannot read tokenizer {path}: {err.strerror}; check the path") from None
     try:

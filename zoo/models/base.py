@@ -180,6 +180,14 @@ class CausalLM(nn.Module):
         logits = logits[0] if isinstance(logits, tuple) else logits
         return logits.float().log_softmax(-1).gather(-1, targets[..., None]).squeeze(-1)
 
+    def score_stream(self, tokens: Tensor, targets: Tensor, state: Any = None) -> tuple[Tensor, Any]:
+        """``score`` of one chunk of a stream after the ``state`` the chunk before it left (None
+        at the start), and the state for the next chunk. A recurrent net (one whose forward
+        returns ``(logits, state)``) carries its state; any other scores each chunk alone."""
+        out = self(tokens) if state is None else self(tokens, state)
+        logits, state = out if isinstance(out, tuple) else (out, None)
+        return logits.float().log_softmax(-1).gather(-1, targets[..., None]).squeeze(-1), state
+
     def init_state(self, batch_size: int, device: Any = None) -> dict[str, Any]:
         raise NotImplementedError
 

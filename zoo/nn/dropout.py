@@ -22,7 +22,7 @@ def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
     if x.device.type == "cpu" and x.dtype in _SLOW_BERNOULLI and p < 1.0:
         keep = torch.rand(x.shape, device=x.device) >= p  # float32 uniforms: exact keep probability
         # the mask in x's dtype, once: ``x * keep`` made the CPU copy the bool mask to bf16 in the
-        # forward and again in the backward (issue 7: 4.3% of a Transformer bf16 training step)
+        # forward and again in the backward (4.3% of a Transformer bf16 training step here)
         return x * keep.to(x.dtype) * (1.0 / (1.0 - p))
     return F.dropout(x, p, training)
 

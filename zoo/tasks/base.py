@@ -1,15 +1,25 @@
-"""What every zoo LightningModule shares: the Hub methods and the optimiser recipe."""
+"""What every zoo LightningModule shares: the optimiser settings and recipe, fine-tuning
+starts, the vocabulary that travels with checkpoints, and the Hub methods."""
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import math
 import os
+import types
+import typing
+from collections.abc import Sequence
 from typing import Any
 
 import lightning as L
 import torch
 
-try:  # Lightning's guard against calling it on an instance (it returns a new model)
+try:
+    # Lightning's guard that makes ``model.load_from_checkpoint(...)`` on an instance an error (it
+    # returns a new model and leaves the instance as it was). Lightning has no public name for it,
+    # hence the pinned range of lightning in pyproject.toml; without it the override below is a
+    # plain classmethod, which loads the same but lets that mistake pass.
     from lightning.pytorch.utilities.model_helpers import _restricted_classmethod
 except ImportError:  # pragma: no cover
     _restricted_classmethod = classmethod  # type: ignore[misc,assignment]
@@ -30,7 +40,8 @@ def cosine(step: int, warmup: int, total: int, floor: float = 0.0) -> float:
     return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * done))
 
 
-LR_SCHEDULES = ("inverse_sqrt", "cosine")
+OPTIMIZERS = ("adamw", "nag", "sgd")
+LR_SCHEDULES = ("inverse_sqrt", "cosine", "step")
 
 
 class ZooModule(L.LightningModule):
@@ -44,6 +55,91 @@ class ZooModule(L.LightningModule):
 
     task_name: str = ""
     tokenizers: Any = None
+
+    def __init__(
+        self,
+        *,
+        lr: float = 1e-3,
+        warmup_steps: int = 0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        lr_schedule: str = "inverse_sqrt",
+        min_lr_ratio: float = 0.0,
+        optimizer: str = "adamw",
+        momentum: float = 0.99,
+        lr_plateau_factor: float = 0.0,
+        lr_step_epochs: int = 25,
+        lr_step_factor: float = 0.5,
+    ) -> None:
+        """The optimiser settings, the same for every task: a task's ``__init__`` takes them as
+        ``**optim`` and passes them here (LightningCLI follows them, so ``--model.init_args.lr``
+        works on every task), and its ``save_hyperparameters`` records all of them.
+
+        Args:
+            lr: peak learning rate (after the warm-up).
+            warmup_steps: steps of linear warm-up, then inverse square root decay (0: constant).
+            betas: AdamW's betas.
+            eps: AdamW's epsilon.
+            weight_decay: AdamW's decoupled weight decay, of matrices only (not of biases, norms
+                or embeddings).
+            lr_schedule: ``"inverse_sqrt"`` (above), ``"cosine"``: after the warm-up, half a
+                cosine down to ``min_lr_ratio`` x lr at the run's last step, or ``"step"``: lr
+                multiplied by ``lr_step_factor`` every ``lr_step_epochs`` epochs (no warm-up;
+                the memory network's recipe: 0.5 every 25 epochs, or 15 for joint training).
+            min_lr_ratio: the cosine's floor as a fraction of lr, between 0 and 1.
+            optimizer: ``"adamw"``, ``"nag"``: SGD with Nesterov momentum ``momentum``
+                (ConvS2S's recipe: lr 0.25, momentum 0.99, gradient norm clipped at 0.1), or
+                ``"sgd"``: plain stochastic gradient descent, no momentum (the memory network's).
+            momentum: the momentum of ``"nag"``.
+            lr_plateau_factor: when > 0, multiply the learning rate by this factor after each
+                validation that does not improve the validation loss (ConvS2S: 0.1); the warm-up
+                schedule is then not used (and ``lr_schedule="cosine"`` or ``"step"`` is refused:
+                two schedules).
+            lr_step_epochs, lr_step_factor: the ``"step"`` schedule's period and factor.
+        """
+        super().__init__()
+        self._optimizer_settings = dict(
+            lr=lr, warmup_steps=warmup_steps, betas=betas, eps=eps, weight_decay=weight_decay,
+            lr_schedule=lr_schedule, min_lr_ratio=min_lr_ratio, optimizer=optimizer, momentum=momentum,
+            lr_plateau_factor=lr_plateau_factor, lr_step_epochs=lr_step_epochs, lr_step_factor=lr_step_factor,
+        )
+
+    def save_hyperparameters(
+        self,
+        *args: Any,
+        ignore: Sequence[str] | str | None = None,
+        frame: types.FrameType | None = None,
+        logger: bool = True,
+    ) -> None:
+        """Lightning's ``save_hyperparameters``, with every optimiser setting on record.
+
+        Lightning records what the task's ``__init__`` was given, and of the settings that came
+        through ``**optim`` only those given; the rest are added at their defaults, so that
+        Lightning checkpoints, config.json and the logged run name every setting in use.
+        """
+        frame = frame or inspect.currentframe().f_back  # the task's __init__, whose arguments Lightning reads
+        super().save_hyperparameters(*args, ignore=ignore, frame=frame, logger=logger)
+        missing = {k: v for k, v in self._optimizer_settings.items() if k not in self.hparams}
+        if missing:
+            super().save_hyperparameters({**self.hparams, **missing}, frame=frame, logger=logger)
+
+    @classmethod
+    def init_arguments(cls) -> dict[str, inspect.Parameter]:
+        """The keyword arguments ``cls(...)`` takes: its ``__init__``'s own, and the optimiser
+        settings it passes on through ``**optim``."""
+        own = {n: p for n, p in inspect.signature(cls.__init__).parameters.items() if n != "self"}
+        passes_on = any(p.kind is p.VAR_KEYWORD for p in own.values())
+        own = {n: p for n, p in own.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+        if passes_on:
+            base = inspect.signature(ZooModule.__init__).parameters
+            own.update({n: p for n, p in base.items() if p.kind is p.KEYWORD_ONLY and n not in own})
+        return own
+
+    @classmethod
+    def init_types(cls) -> dict[str, Any]:
+        """The annotations of :meth:`init_arguments`, resolved."""
+        return {**typing.get_type_hints(ZooModule.__init__), **typing.get_type_hints(cls.__init__)}
 
     def resolve_start(self, arch: str, arch_args: dict[str, Any] | None, init_from: str | None) -> tuple[str, dict[str, Any], Any]:
         """Fine-tuning: the pretrained checkpoint's architecture and config, ``arch_args`` on top."""
@@ -106,6 +202,17 @@ class ZooModule(L.LightningModule):
     def on_predict_start(self) -> None:
         self.on_fit_start()
 
+    # -- evaluation: each task measures a batch in _eval_step(batch, "val" | "test") --
+    def _eval_step(self, batch: dict[str, Any], prefix: str) -> None:
+        raise NotImplementedError
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    # -- Lightning checkpoints -------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Lightning checkpoints are our own training files: keep the vocabulary with them
         if self.tokenizers is not None:
@@ -180,41 +287,46 @@ class ZooModule(L.LightningModule):
         return push_to_hub(self, repo_id, **kwargs)
 
     # -- optimisation ---------------------------------------------------------
-    OPTIMIZERS = ("adamw", "nag")
-
     def configure_optimizers(self) -> Any:
         """AdamW (or Nesterov SGD), with warm-up then 1/sqrt or cosine decay, or cut on a plateau.
 
-        The cosine schedule reaches its floor at the run's last step as Lightning estimates it
-        (``max_steps``, else ``max_epochs`` x batches an epoch), so a resumed run with the same
-        settings continues the same curve.
+        The settings are read from ``self.hparams`` (which Lightning's learning-rate finder
+        updates). The cosine schedule reaches its floor at the run's last step as Lightning
+        estimates it (``max_steps``, else ``max_epochs`` x batches an epoch), so a resumed run
+        with the same settings continues the same curve.
         """
         hp = self.hparams
-        name = hp.get("optimizer", "adamw")
-        if name not in self.OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(self.OPTIMIZERS)}")
-        schedule = hp.get("lr_schedule", "inverse_sqrt")
-        if schedule not in LR_SCHEDULES:
-            raise ValueError(f"unknown lr_schedule {schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
-        floor = hp.get("min_lr_ratio", 0.0)
+        if hp.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {hp.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+        if hp.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"unknown lr_schedule {hp.lr_schedule!r}; choose one of {', '.join(LR_SCHEDULES)}")
+        floor = hp.min_lr_ratio
         if not 0.0 <= floor <= 1.0:
             raise ValueError(f"min_lr_ratio is the cosine's floor as a fraction of lr, between 0 and 1; got {floor}")
-        if schedule == "cosine" and hp.get("lr_plateau_factor", 0.0) > 0:
-            raise ValueError("lr_schedule 'cosine' and lr_plateau_factor > 0 are two schedules; set lr_plateau_factor: 0 "
-                             "for the cosine, or lr_schedule: inverse_sqrt for the plateau cuts")
+        if hp.lr_schedule in ("cosine", "step") and hp.lr_plateau_factor > 0:
+            raise ValueError(f"lr_schedule '{hp.lr_schedule}' and lr_plateau_factor > 0 are two schedules; set "
+                             f"lr_plateau_factor: 0 for the {hp.lr_schedule} schedule, or lr_schedule: inverse_sqrt "
+                             "for the plateau cuts")
+        if hp.lr_schedule == "step" and (hp.warmup_steps > 0 or hp.lr_step_epochs < 1):
+            raise ValueError("lr_schedule 'step' takes no warm-up (set warmup_steps: 0) and lr_step_epochs of 1 or more")
         decay, no_decay = [], []
         for pname, p in self.named_parameters():
             if p.requires_grad:
                 (no_decay if p.dim() < 2 or "embed" in pname else decay).append(p)
         groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        if name == "nag":
+        if hp.optimizer == "nag":
             opt = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum, nesterov=True)
+        elif hp.optimizer == "sgd":
+            opt = torch.optim.SGD(groups, lr=hp.lr)
         else:
             opt = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps)
-        if hp.get("lr_plateau_factor", 0.0) > 0:
+        if hp.lr_plateau_factor > 0:
             sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=hp.lr_plateau_factor, patience=0, min_lr=1e-5)
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val/loss", "interval": "epoch"}}
-        if schedule == "cosine":
+        if hp.lr_schedule == "step":
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda epoch: self.step_lr_factor(epoch))
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+        if hp.lr_schedule == "cosine":
             total = self.trainer.estimated_stepping_batches
             if not math.isfinite(total):
                 raise ValueError("lr_schedule 'cosine' needs a finite run: set trainer.max_steps or trainer.max_epochs")
@@ -226,3 +338,37 @@ class ZooModule(L.LightningModule):
             return opt
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def step_lr_factor(self, epoch: int) -> float:
+        """The ``"step"`` schedule's multiple of lr in ``epoch`` (counted from 0): lr_step_factor^(epoch // lr_step_epochs)."""
+        hp = self.hparams
+        return hp.lr_step_factor ** (epoch // hp.lr_step_epochs)
+
+
+def split_overrides(
+    cls: type[ZooModule], arch: str, overrides: dict[str, Any], *, fixed: Sequence[str] = (), what: str, hint: str | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Keyword overrides for task ``cls`` building architecture ``arch`` -> (task arguments, architecture arguments).
+
+    What ``zoo.create`` and ``zoo.load`` both do with their keywords. A name the task takes
+    (optimiser settings included) is a task argument; else a field of the architecture's
+    config goes into its ``arch_args`` (on top of an ``arch_args`` dict given). ``fixed``
+    names task arguments the caller sets itself. Anything else is a TypeError that ends with
+    ``hint``, or else lists the names there are; task arguments of plain types are type-checked.
+    """
+    from zoo.models.base import check_types
+    from zoo.registry import get_architecture
+
+    overrides = dict(overrides)
+    arch_args = dict(overrides.pop("arch_args", None) or {})
+    task_names = set(cls.init_arguments()) - {"arch", "arch_args", *fixed}
+    net_fields = {f.name for f in dataclasses.fields(get_architecture(arch).config)}
+    unknown = sorted(set(overrides) - task_names - net_fields)
+    if unknown:
+        hint = hint or (f"give task arguments ({', '.join(sorted(task_names))}) "
+                        f"or the architecture's ({', '.join(sorted(net_fields))})")
+        raise TypeError(f"{what}: unknown argument(s) {', '.join(unknown)}; {hint}")
+    task_args = {k: v for k, v in overrides.items() if k in task_names}
+    arch_args.update({k: v for k, v in overrides.items() if k not in task_names})
+    check_types(cls.__name__, cls.init_types(), task_args)
+    return task_args, arch_args

@@ -45,15 +45,13 @@ class ImageTask(ZooModule):
         num_classes: classes of the source; used only when ``pixel_task`` is class-conditional.
         src_height, src_width: the low-resolution image of super-resolution (0 otherwise).
         pixel_task: ``unconditional``, ``class_conditional`` or ``super_resolution``.
-        lr, warmup_steps, betas, eps, weight_decay, optimizer, momentum: AdamW (or Nesterov
-            SGD) with linear warm-up then inverse square root decay (``warmup_steps=0``: constant).
-        lr_schedule, min_lr_ratio: ``"inverse_sqrt"`` (above) or ``"cosine"``: after the
-            warm-up, half a cosine down to ``min_lr_ratio`` x lr at the run's last step.
         label_smoothing: training loss only; evaluation is the exact NLL.
         val_samples: images sampled at the end of each validation epoch and logged to W&B
             when a WandbLogger is attached (0: none).
         sample_every_n_epochs: how often to draw them.
         init_from: a pretrained name or folder to start from (fine-tuning).
+        optim: the optimiser settings (``lr``, ``warmup_steps``, ``optimizer``, ...), which
+            every task takes: see :class:`~zoo.tasks.base.ZooModule`.
     """
 
     task_name = "image"
@@ -73,21 +71,13 @@ class ImageTask(ZooModule):
         src_height: int = 0,
         src_width: int = 0,
         pixel_task: str = "unconditional",
-        lr: float = 1e-3,
-        warmup_steps: int = 0,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
-        lr_schedule: str = "inverse_sqrt",
-        min_lr_ratio: float = 0.0,
-        optimizer: str = "adamw",
-        momentum: float = 0.99,
         label_smoothing: float = 0.0,
         val_samples: int = 16,
         sample_every_n_epochs: int = 1,
         init_from: str | None = None,
+        **optim: Any,
     ) -> None:
-        super().__init__()
+        super().__init__(**optim)
         if pixel_task not in PIXEL_TASKS:
             raise ValueError(f"pixel_task must be one of {', '.join(PIXEL_TASKS)}, not {pixel_task!r}")
         check_whole("val_samples", val_samples, minimum=0, note=" (0: none)")
@@ -146,12 +136,6 @@ class ImageTask(ZooModule):
         labels, src = self._conditions(batch)
         logp = self.net.score(batch["tokens"], batch["targets"], labels, src)
         self.nll[prefix].update(logp, torch.ones_like(logp, dtype=torch.bool))
-
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_step(batch, "val")
-
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_step(batch, "test")
 
     def _log_bpd(self, prefix: str) -> None:
         nll = self.nll[prefix].compute()

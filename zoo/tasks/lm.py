@@ -34,15 +34,13 @@ class CausalLMTask(ZooModule):
         arch: registered architecture name (``zoo list``), e.g. ``rnn_lm`` or ``ngram``.
         arch_args: overrides of the architecture's config (``cell``, ``order``, ...).
         vocab_size, pad_id: linked from the data module by the CLI.
-        lr, warmup_steps, betas, eps, weight_decay: AdamW with linear warm-up then inverse
-            square root decay (``warmup_steps=0``: constant); unused by count-based models.
-        lr_schedule, min_lr_ratio: ``"inverse_sqrt"`` (above) or ``"cosine"``: after the
-            warm-up, half a cosine down to ``min_lr_ratio`` x lr at the run's last step.
         label_smoothing: for neural models' training loss only; evaluation is exact NLL.
         init_from: a pretrained name or folder to start from (fine-tuning).
         log_samples: for MIDI models, draw a sample of this many events at the end of each
             validation and log its piano roll (and audio, when fluidsynth and a General MIDI
             soundfont are installed) to Weights & Biases; 0 logs none.
+        optim: the optimiser settings (``lr``, ``warmup_steps``, ``optimizer``, ...), which
+            every task takes: see :class:`~zoo.tasks.base.ZooModule`; unused by count-based models.
     """
 
     task_name = "lm"
@@ -55,25 +53,20 @@ class CausalLMTask(ZooModule):
         pad_id: int = 0,
         bos_id: int = 2,
         eos_id: int = 3,
-        lr: float = 1e-3,
-        warmup_steps: int = 0,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        weight_decay: float = 0.0,
-        lr_schedule: str = "inverse_sqrt",
-        min_lr_ratio: float = 0.0,
         label_smoothing: float = 0.0,
         init_from: str | None = None,
         log_samples: int = 0,
+        **optim: Any,
     ) -> None:
-        super().__init__()
+        super().__init__(**optim)
         arch, arch_args, start = self.resolve_start(arch, arch_args, init_from)
         self.save_hyperparameters(ignore=["start"])  # arch and arch_args as resolved
         self.net = build_network(arch, vocab_size=vocab_size, pad_id=pad_id, **arch_args)
         self.take_start(start)
         self.nll = nn.ModuleDict({"val": TokenNLL(), "test": TokenNLL()})
         self.automatic_optimization = not self.net.counts_only
-        self._stream_state: Any = None
+        self._stream_state: Any = None  # carried across the chunks of a training stream
+        self._eval_state: Any = None  # and of an evaluation stream
 
     # -- training ---------------------------------------------------------------
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
@@ -82,7 +75,11 @@ class CausalLMTask(ZooModule):
         if self.net.counts_only:
             if self.current_epoch > 0:
                 raise RuntimeError("a count-based model must see the training data once: set trainer.max_epochs=1")
-            self.net.observe(tokens, targets)
+            if batch.get("stream"):  # the n-grams that cross from the chunk before into this one count too
+                history = None if batch.get("reset") else self._stream_state
+                self._stream_state = self.net.observe(tokens, targets, history)
+            else:
+                self.net.observe(tokens, targets)
             self.log("train/tokens", ntok.float(), reduce_fx="sum", batch_size=1)
             return None
         state = None
@@ -102,13 +99,15 @@ class CausalLMTask(ZooModule):
 
     def _eval_step(self, batch: dict[str, Any], prefix: str) -> None:
         targets = batch["targets"]
-        self.nll[prefix].update(self.net.score(batch["tokens"], targets), targets.ne(self.hparams.pad_id))
+        self.nll[prefix].update(self._score(batch), targets.ne(self.hparams.pad_id))
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_step(batch, "val")
-
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_step(batch, "test")
+    def _score(self, batch: dict[str, Any]) -> Tensor:
+        """log P of the batch's targets; a chunk of a stream goes on from the state the chunk before left."""
+        if not batch.get("stream"):
+            return self.net.score(batch["tokens"], batch["targets"])
+        state = None if batch.get("reset") else self._eval_state
+        scores, self._eval_state = self.net.score_stream(batch["tokens"], batch["targets"], state)
+        return scores
 
     def _log_ppl(self, prefix: str) -> None:
         nll = self.nll[prefix].compute()
@@ -160,12 +159,13 @@ class CausalLMTask(ZooModule):
     @torch.no_grad()
     def mean_nll(self, batches: Any) -> float:
         """Mean negative log-likelihood per target token (natural log, the end token included)
-        over batches ``{"tokens", "targets"}`` as the data modules make them (padding ignored)."""
+        over batches ``{"tokens", "targets"}`` as the data modules make them (padding ignored); the
+        chunks of a stream (``"stream"``, ``"reset"``) each go on from the state the one before left."""
         nll = TokenNLL().to(self.device)
         self.eval()
         for batch in batches:
-            tokens, targets = batch["tokens"].to(self.device), batch["targets"].to(self.device)
-            nll.update(self.net.score(tokens, targets), targets.ne(self.hparams.pad_id))
+            batch = {**batch, "tokens": batch["tokens"].to(self.device), "targets": batch["targets"].to(self.device)}
+            nll.update(self._score(batch), batch["targets"].ne(self.hparams.pad_id))
         return float(nll.compute())
 
     @staticmethod
@@ -236,35 +236,12 @@ class CausalLMTask(ZooModule):
 
     # -- music ----------------------------------------------------------------------
     def _midi_tokenizer(self) -> Any:
-        from zoo.data.midi import ChoraleTokenizer, EventTokenizer
+        from zoo.data.midi import MIDITokenizer
 
         tok = self._tokenizer()
-        if not isinstance(tok, (EventTokenizer, ChoraleTokenizer)):
+        if not isinstance(tok, MIDITokenizer):
             raise ValueError(f"this is a {type(tok).__name__} language model; MIDI generation needs a model of MIDI events")
         return tok
-
-    def _prompt_ids(self, prompt_events: Any, tok: Any) -> list[int]:
-        """Event ids of a primer given as ids, or as a MIDI file for a performance-event model."""
-        from zoo.data.midi import EventTokenizer
-
-        if prompt_events is None:
-            return []
-        if isinstance(prompt_events, (str, os.PathLike)):
-            if not isinstance(tok, EventTokenizer):
-                raise ValueError("a MIDI-file primer needs a performance-event model; give a chorale model event ids")
-            ids = tok.encode_file(prompt_events)
-            if not ids:
-                raise ValueError(f"{prompt_events} has no notes to continue; give a primer with notes")
-            return ids
-        ids = [int(i) for i in (prompt_events.tolist() if isinstance(prompt_events, Tensor) else prompt_events)]
-        specials = {tok.pad_id, tok.bos_id, tok.eos_id}
-        bad = [i for i in ids if not 0 <= i < tok.vocab_size or i in specials]
-        if bad:
-            raise ValueError(
-                f"primer event id {bad[0]} is not an event of this model's vocabulary (ids {max(specials) + 1}.."
-                f"{tok.vocab_size - 1}); encode the primer with the model's tokenizer"
-            )
-        return ids
 
     @torch.no_grad()
     def generate(
@@ -298,7 +275,7 @@ class CausalLMTask(ZooModule):
         check_whole("max_events", max_events, note=" new events")
         check_whole("top_k", top_k, minimum=0, note=" (0: no limit)")
         check_sampling(temperature, top_p)
-        prompt = self._prompt_ids(prompt_events, tok)
+        prompt = [] if prompt_events is None else tok.primer(prompt_events)
         limit = self.net.max_positions - 1  # room after <s>
         if max_events > limit:
             raise ValueError(f"max_events={max_events} is more than the model's limit of {limit} events; ask for fewer")
@@ -318,82 +295,27 @@ class CausalLMTask(ZooModule):
 
     def events_to_notes(self, ids: Sequence[int]) -> Any:
         """Event ids -> notes (N, 4): pitch, onset s, offset s, velocity."""
-        from zoo.data.midi import ChoraleTokenizer, grid_to_notes, note_array
-
-        tok = self._midi_tokenizer()
-        if isinstance(tok, ChoraleTokenizer):
-            return grid_to_notes(tok.decode(ids))
-        return note_array(tok.decode(ids))
+        return self._midi_tokenizer().to_notes(ids)
 
     def generate_midi(self, path: str | os.PathLike, piano_roll: bool = True, **kwargs: Any) -> Path:
         """:meth:`generate`, written to a MIDI file at ``path`` (and its piano roll beside it,
         ``path`` with ``.png``); ``kwargs`` go to :meth:`generate`. Returns the MIDI path."""
-        from zoo.data.midi import write_notes
-        from zoo.viz import save_piano_roll
+        from zoo.data.midi.render import check_midi_path, save_piece
 
-        path = Path(path)
-        if path.suffix.lower() not in (".mid", ".midi"):
-            raise ValueError(f"{path} does not end in .mid or .midi; name the output MIDI file piece.mid")
-        if not path.parent.exists():
-            raise FileNotFoundError(f"folder {path.parent} does not exist; create it or write elsewhere")
-        notes = self.events_to_notes(self.generate(**kwargs))
-        if len(notes) == 0:
-            raise ValueError("the sample holds no notes (it ended at once); sample again with another seed")
-        write_notes(notes, path)
-        if piano_roll:
-            save_piano_roll(notes, path.with_suffix(".png"), title=path.name)
-        return path
+        path = check_midi_path(path)  # before sampling, not after
+        return save_piece(self.events_to_notes(self.generate(**kwargs)), path, piano_roll=piano_roll)
 
     def _log_music_sample(self, events: int) -> None:
         """A short sample's piano roll (and audio when a synthesiser is at hand) to W&B."""
         from lightning.pytorch.loggers import WandbLogger
 
-        logger = self.logger
-        if not isinstance(logger, WandbLogger) or self.tokenizers is None:
-            return
-        from zoo.data.midi import ChoraleTokenizer, EventTokenizer
+        from zoo.data.midi import MIDITokenizer, log_sample
 
-        if not isinstance(self.tokenizers[1], (ChoraleTokenizer, EventTokenizer)):
+        if not isinstance(self.logger, WandbLogger) or self.tokenizers is None:
             return
-        from zoo.viz import figure_to_array, piano_roll_figure
-
+        if not isinstance(self.tokenizers[1], MIDITokenizer):
+            return
         training = self.training
         ids = self.generate(max_events=min(events, self.net.max_positions - 1), seed=self.current_epoch)
         self.train(training)
-        notes = self.events_to_notes(ids)
-        if len(notes) == 0:
-            return
-        image = figure_to_array(piano_roll_figure(notes, title=f"epoch {self.current_epoch}"))
-        logger.log_image("samples/piano_roll", [image], step=self.global_step)
-        audio = synthesise(notes)
-        if audio is not None:
-            import wandb
-
-            logger.experiment.log({"samples/audio": wandb.Audio(audio, sample_rate=22050)}, step=self.global_step)
-
-
-def synthesise(notes: Any, sample_rate: int = 22050) -> Any:
-    """Audio samples of notes through fluidsynth and a General MIDI soundfont, or None when
-    either is missing (``$ZOO_SOUNDFONT`` or a Debian soundfont path)."""
-    import shutil
-    import subprocess
-    import tempfile
-
-    fluidsynth = shutil.which("fluidsynth")
-    fonts = [os.environ.get("ZOO_SOUNDFONT", ""), "/usr/share/sounds/sf2/FluidR3_GM.sf2", "/usr/share/soundfonts/default.sf2"]
-    font = next((f for f in fonts if f and os.path.isfile(f)), None)
-    if fluidsynth is None or font is None:
-        return None
-    import numpy as np
-
-    from zoo.data.midi import write_notes
-
-    with tempfile.TemporaryDirectory() as tmp:
-        mid, wav = Path(tmp) / "s.mid", Path(tmp) / "s.raw"
-        write_notes(notes, mid)
-        done = subprocess.run([fluidsynth, "-ni", "-F", str(wav), "-O", "s16", "-T", "raw", "-r", str(sample_rate),
-                               font, str(mid)], capture_output=True, timeout=120)
-        if done.returncode or not wav.exists():
-            return None
-        data = np.frombuffer(wav.read_bytes(), dtype=np.int16).reshape(-1, 2).mean(1) / 32768.0
-    return data.astype(np.float32)
+        log_sample(self.logger, self.events_to_notes(ids), title=f"epoch {self.current_epoch}", step=self.global_step)

@@ -28,21 +28,18 @@ class TranslationTask(ZooModule):
         arch: registered architecture name (``zoo list``).
         arch_args: overrides of the architecture's config (``d_model``, ``dropout``, ...).
         src_vocab_size, tgt_vocab_size, pad_id: linked from the data module by the CLI.
-        lr: peak learning rate (after warm-up); warmup_steps: linear warm-up, then
-            inverse square root decay (0: constant).
-        lr_schedule, min_lr_ratio: ``"inverse_sqrt"`` (above) or ``"cosine"``: after the
-            warm-up, half a cosine down to ``min_lr_ratio`` x lr at the run's last step.
-        betas, eps, weight_decay: AdamW settings (paper: 0.9, 0.98, 1e-9).
-        optimizer: ``"adamw"`` or ``"nag"``: SGD with Nesterov momentum ``momentum``
-            (ConvS2S's recipe: lr 0.25, momentum 0.99, gradient norm clipped at 0.1).
-        lr_plateau_factor: when > 0, multiply the learning rate by this factor after each
-            validation that does not improve the validation loss (ConvS2S: 0.1); the warm-up
-            schedule is then not used (and `lr_schedule="cosine"` is refused: two schedules).
+        lr: peak learning rate (after warm-up).
+        warmup_steps: linear warm-up, then inverse square root decay (0: constant).
+        betas: AdamW's betas (the Transformer paper's 0.9, 0.98).
+        eps: AdamW's epsilon (the paper's 1e-9).
         label_smoothing: epsilon_ls of the paper (0.1).
         init_from: a pretrained name, folder or Hub id to start from (fine-tuning); its
             architecture and config are used, ``arch_args`` may still override e.g. dropout.
         val_beam_size: beam used for validation BLEU (1 = greedy).
         log_examples: source / reference / hypothesis rows logged as a table each validation.
+        optim: the other optimiser settings (``weight_decay``, ``lr_schedule``, ``optimizer``,
+            ...), which every task takes: see :class:`~zoo.tasks.base.ZooModule`. This task
+            differs only in the defaults above, the Transformer paper's.
     """
 
     task_name = "translation"
@@ -60,18 +57,13 @@ class TranslationTask(ZooModule):
         warmup_steps: int = 4000,
         betas: tuple[float, float] = (0.9, 0.98),
         eps: float = 1e-9,
-        weight_decay: float = 0.0,
-        lr_schedule: str = "inverse_sqrt",
-        min_lr_ratio: float = 0.0,
-        optimizer: str = "adamw",
-        momentum: float = 0.99,
-        lr_plateau_factor: float = 0.0,
         label_smoothing: float = 0.1,
         init_from: str | None = None,
         val_beam_size: int = 1,
         log_examples: int = 4,
+        **optim: Any,
     ) -> None:
-        super().__init__()
+        super().__init__(lr=lr, warmup_steps=warmup_steps, betas=betas, eps=eps, **optim)
         check_whole("val_beam_size", val_beam_size, note=" (1 = greedy)")
         arch, arch_args, start = self.resolve_start(arch, arch_args, init_from)
         self.save_hyperparameters(ignore=["start"])  # arch and arch_args as resolved
@@ -123,12 +115,6 @@ class TranslationTask(ZooModule):
         self.bleu[prefix].update(hyps, batch["tgt_text"])
         self.bleu[f"{prefix}_lc"].update(hyps, batch["tgt_text"])
         self._val_outputs += list(zip(batch["src_text"], batch["tgt_text"], hyps))
-
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_step(batch, "val")
-
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_step(batch, "test")
 
     def _eval_epoch_end(self, prefix: str) -> None:
         rows, self._val_outputs = self._val_outputs, []
