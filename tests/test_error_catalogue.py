@@ -408,7 +408,7 @@ def _create(name: str, **kw: Any) -> Callable[[Ctx], Seen]:
 
 
 def _unknown_optimizer(c: Ctx) -> Seen:
-    return c.api(lambda: zoo.create("transformer_tiny", optimizer="sgd").configure_optimizers())
+    return c.api(lambda: zoo.create("transformer_tiny", optimizer="adam").configure_optimizers())
 
 
 def _unknown_lr_schedule(c: Ctx) -> Seen:

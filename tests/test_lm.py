@@ -153,3 +153,23 @@ def test_count_based_model_refuses_a_second_epoch(tmp_path):
                         num_sanity_val_steps=0, default_root_dir=tmp_path)
     with pytest.raises(RuntimeError, match="must see the training data once: set trainer.max_epochs=1"):
         trainer.fit(model, dm)
+
+
+def test_step_schedule_holds_lr_then_cuts_every_period():
+    """Zaremba et al. 2014's medium recipe: 6 epochs at lr 1, then x 1/1.2 every epoch (the rnn_lm.ptb recipe)."""
+    task = zoo.create("rnn_lm", vocab_size=50, emb_dim=8, hidden_dim=8, optimizer="sgd", lr=1.0,
+                      lr_schedule="step", lr_step_start=6, lr_step_epochs=1, lr_step_factor=1 / 1.2)
+    conf = task.configure_optimizers()
+    opt, sched = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
+    assert conf["lr_scheduler"]["interval"] == "epoch"
+    lrs = []
+    for _ in range(9):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs == pytest.approx([1.0] * 6 + [1 / 1.2, 1 / 1.2**2, 1 / 1.2**3])
+    # without lr_step_start the first cut comes after one period, as before
+    plain = zoo.create("rnn_lm", vocab_size=50, emb_dim=8, hidden_dim=8, lr_schedule="step", lr_step_epochs=25)
+    assert [plain.step_lr_factor(e) for e in (0, 24, 25, 49, 50)] == [1.0, 1.0, 0.5, 0.5, 0.25]
+    with pytest.raises(ValueError, match="lr_step_start of 0 or more"):
+        zoo.create("rnn_lm", vocab_size=50, lr_schedule="step", lr_step_start=-1).configure_optimizers()

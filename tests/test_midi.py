@@ -259,7 +259,7 @@ def test_data_module_batches_jsb():
     assert (dm.vocab_size, dm.pad_id) == (391, 0) and dm.tokenizers == (dm.tokenizer, dm.tokenizer)
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
-    assert set(batch) == {"tokens", "targets"} and batch["tokens"].dtype == batch["targets"].dtype == torch.long
+    assert set(batch) == {"tokens", "targets", "positions"} and batch["tokens"].dtype == batch["targets"].dtype == torch.long
     assert batch["tokens"].shape == batch["targets"].shape == (4, 64)
     assert (batch["tokens"][:, 1:] == batch["targets"][:, :-1]).all()  # targets: tokens shifted by one
     # evaluation: whole pieces, exactly lm_batch

@@ -323,3 +323,59 @@ def test_save_and_load_round_trip(tmp_path):
     tokens = torch.randint(3, 132, (1, 20))
     assert torch.equal(back.net(tokens), model.net(tokens))
     assert back.tokenizers[1].to_str() == ChoraleTokenizer().to_str()
+
+
+# -- positions of training crops, and NLL by position -----------------------------------
+def fake_jsb(tmp_path, steps: int = 64):
+    import json
+
+    grid = [[72 - (i % 4), 67, 64, 48] for i in range(steps)]
+    (tmp_path / "Jsb16thSeparated.json").write_text(json.dumps({s: [grid] * 4 for s in ("train", "valid", "test")}))
+    return grid
+
+
+def test_training_crops_keep_their_positions_in_the_piece(tmp_path):
+    """A crop starting at token a of ``<s> piece </s>`` says so: the absolute model then reads the
+    positions whole-piece evaluation gives the same tokens (the soprano of a step at 1 + 4k)."""
+    from zoo.data.midi import MIDIDataModule
+
+    grid = fake_jsb(tmp_path)
+    dm = MIDIDataModule(source="jsb", data_dir=str(tmp_path), encoding="chorale", crop_len=32, batch_size=4,
+                        augment=False)
+    tok = dm.tokenizer
+    piece = [tok.bos_id] + tok.encode(grid) + [tok.eos_id]
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["positions"].shape == (4,)
+    for tokens, targets, start in zip(batch["tokens"], batch["targets"], batch["positions"].tolist()):
+        assert start == 0 or start % 4 == 1  # <s>, or the soprano of a step
+        assert tokens.tolist() == piece[start : start + 32] and targets.tolist() == piece[start + 1 : start + 33]
+
+
+def test_absolute_positions_of_a_crop_are_its_positions_in_the_piece_and_relative_ignores_them():
+    tokens = torch.randint(3, 60, (2, 12))
+    start = torch.tensor([0, 9])
+    absolute = chorale_model(attention="absolute").net
+    x = absolute._embed(tokens, 0, start)
+    plain = absolute.embed(tokens) * absolute.config.d_model**0.5
+    torch.testing.assert_close(x[1], plain[1] + absolute.positions.pe[9:21])
+    torch.testing.assert_close(x[0], plain[0] + absolute.positions.pe[:12])
+    assert not torch.allclose(absolute(tokens, positions=start)[1], absolute(tokens)[1])
+    relative = chorale_model(attention="relative").net
+    torch.testing.assert_close(relative(tokens, positions=start), relative(tokens))
+
+
+def test_nll_by_position_splits_the_mean_nll_into_ranges_of_positions():
+    from zoo.evaluate import nll_by_position
+
+    model = chorale_model(attention="relative")
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(3, 60, (3, 300), generator=g)
+    targets = torch.randint(3, 60, (3, 300), generator=g)
+    targets[2, 200:] = 0  # padding does not count
+    table = nll_by_position(model, [{"tokens": tokens, "targets": targets}])
+    assert list(table) == ["0-127", "128-255", "256-511"]  # ranges without a target are left out
+    nll = -model.net.score(tokens, targets).double()
+    real = targets.ne(0)
+    for name, (a, b) in {"0-127": (0, 128), "128-255": (128, 256), "256-511": (256, 300)}.items():
+        assert abs(table[name] - float(nll[:, a:b][real[:, a:b]].mean())) < 1e-4
+    assert abs(model.mean_nll([{"tokens": tokens, "targets": targets}]) - float(nll[real].mean())) < 1e-4

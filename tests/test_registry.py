@@ -77,6 +77,10 @@ def test_every_registered_model_tiny(name):
         tokens[:, 0] = 16
         logits = net(tokens)
         assert logits.shape == (2, 16, 16)  # a softmax over the 16 intensities
+    elif arch.task == "qa":  # a story of 3 sentences of 5 words and a question: scores of the answer word
+        logits, attention = net(torch.randint(4, 40, (2, 3, 5)), torch.randint(4, 40, (2, 4)))
+        assert logits.shape == (2, 40) and attention.shape[0] == 2 and attention.shape[-1] == 3
+        logits = logits[:, 1:]  # the padding word is never an answer: its score is -inf
     elif net.counts_only:
         net.observe(tokens, torch.roll(tokens, -1, 1))
         logits = net(tokens)
@@ -93,7 +97,7 @@ def test_every_registered_model_tiny(name):
 
 
 OPTIMISER_SETTINGS = {"lr", "warmup_steps", "betas", "eps", "weight_decay", "lr_schedule", "min_lr_ratio", "optimizer",
-                      "momentum", "lr_plateau_factor"}
+                      "momentum", "lr_plateau_factor", "lr_step_epochs", "lr_step_factor", "lr_step_start"}
 
 
 @pytest.mark.parametrize("arch", ["transformer_tiny", "rnn_lm", "image_transformer_tiny"])

@@ -13,10 +13,14 @@ METRIC_NAMES = {
     "bleu_lc": ("bleu", "BLEU (lowercased, 13a-tokenised)"),
     "ppl": ("perplexity", "perplexity per subword (</s> included)"),
     "bpd": ("bits_per_dim", "bits per dimension (NLL per sub-pixel, base 2)"),
+    "mean_error": ("error", "test error (%), mean over the tasks"),
+    "failed_tasks": ("failed_tasks", "tasks failed (test error above 5%)"),
+    "error": ("error", "test error (%)"),  # error/task_N
 }
 
 
-TASK_TYPES = {"translation": "translation", "lm": "text-generation", "image": "unconditional-image-generation"}
+TASK_TYPES = {"translation": "translation", "lm": "text-generation", "image": "unconditional-image-generation",
+              "qa": "question-answering"}
 _IMAGE_USAGE = {  # by the pixel data's task
     "unconditional": "images = model.generate(16, seed=0)  # uint8 (N, H, W)",
     "class_conditional": "images = model.generate(labels=[0, 1, 2, 3], seed=0)  # one image per class index",
@@ -29,6 +33,8 @@ def _dataset_type(config: dict[str, Any]) -> str:
     data = config.get("data", {})
     if config.get("task") == "image":
         return data.get("dataset", "images")
+    if config.get("task") == "qa":
+        return "babi"
     return "ptb" if (data.get("datamodule") or {}).get("init_args", {}).get("dataset") == "ptb" else "multi30k"
 
 
@@ -96,6 +102,8 @@ def write_card(config: dict[str, Any], body: str | None = None) -> str:
         "translation": f'model = zoo.load("{name}")\nprint(model.translate(["Ein Mann fährt Fahrrad."], beam_size=4))',
         "lm": f'model = zoo.load("{name}")\nprint(model.sample(["A man"], max_len=20, top_p=0.9))',
         "image": f'model = zoo.load("{name}")\n' + _IMAGE_USAGE.get(data.get("task", ""), _IMAGE_USAGE["unconditional"]),
+        "qa": f'model = zoo.load("{name}")\n'
+              'print(model.answer(["Mary moved to the bathroom.", "John went to the hallway."], "Where is Mary?"))',
     }.get(config.get("task", ""), f'model = zoo.load("{name}")')
     text = f"""---
 {card_data.to_yaml()}

@@ -1,7 +1,7 @@
 """The ``zoo`` command.
 
 ``zoo fit|validate|test|predict --config FILE`` run LightningCLI; ``zoo list``, ``info``,
-``translate``, ``sample``, ``attention`` and ``publish`` are small commands of our own. Lightning and wandb are
+``translate``, ``sample``, ``answer``, ``attention`` and ``publish`` are small commands of our own. Lightning and wandb are
 imported only by the commands that need them, so ``zoo list`` answers at once.
 
 The Lightning commands add zoo's safety defaults (``zoo.training``): checkpoints are written
@@ -346,7 +346,9 @@ def _sample_images(model: Any, args: argparse.Namespace) -> None:
 def cmd_attention(args: argparse.Namespace) -> None:
     from zoo.viz import attention_figure, save_figure
 
-    model = _load_kind(args.name, "attention", "translation")
+    model = _load_kind(args.name, "attention", "translation", "qa")
+    if model.task_name == "qa":
+        return _memory_attention(model, args)
     item = model.translate([args.sentence], beam_size=args.beam, return_attention=True)[0]
     maps = item.attention
     if args.layer is not None:
@@ -357,6 +359,42 @@ def cmd_attention(args: argparse.Namespace) -> None:
     fig = attention_figure(maps, item.source_tokens, item.target_tokens, head=args.head, title=item.text)
     save_figure(fig, args.out, dpi=120)
     print(f"{item.text}\nattention written to {args.out}")
+
+
+def _memory_attention(model: Any, args: argparse.Namespace) -> None:
+    """zoo attention of a question-answering model: each hop's attention over the story's sentences."""
+    from zoo.viz import memory_attention_figure, save_figure
+
+    story = _read_story(args.story)
+    bad = [n for n in args.support if not 1 <= n <= len(story)]
+    if bad:
+        raise ValueError(f"--support {bad[0]} is not a sentence of the story; number its {len(story)} sentences from 1")
+    item = model.answer(story, args.sentence, return_attention=True)
+    support = [n - 1 - item.dropped for n in args.support if n > item.dropped]
+    fig = memory_attention_figure(item.attention, item.sentences, support, title=f"{args.sentence}  {item.text}")
+    save_figure(fig, args.out, dpi=120)
+    print(f"{item.text}\nattention written to {args.out}")
+
+
+def _read_story(path: str | None) -> list[str]:
+    """The sentences of a story file, one a line, oldest first (blank lines skipped)."""
+    if not path:
+        raise ValueError("give the story with --story FILE: a text file with one sentence a line, oldest first")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"story {path} does not exist; give a text file with one sentence a line, oldest first")
+    try:
+        lines = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    except UnicodeDecodeError:
+        raise ValueError(f"story {path} is not UTF-8 text; give a text file with one sentence a line") from None
+    if not lines:
+        raise ValueError(f"story {path} is empty; write one sentence a line, oldest first")
+    return lines
+
+
+def cmd_answer(args: argparse.Namespace) -> None:
+    story = _read_story(args.story)
+    model = _load_kind(args.name, "answer", "qa")
+    print(model.answer(story, args.question))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -395,7 +433,7 @@ def _load_kind(name: str, command: str, *kinds: str) -> Any:
         kind = "music" if isinstance(model.tokenizers[1], (EventTokenizer, ChoraleTokenizer)) else "text"
     if kind not in kinds and model.task_name not in kinds:
         wanted = {"translation": "a translation model", "image": "an image model", "text": "a text language model",
-                  "music": "a music model"}
+                  "music": "a music model", "qa": "a question-answering model"}
         need = " or ".join(wanted.get(k, k) for k in kinds)
         raise ValueError(f"{name} is {wanted.get(kind, kind)}; zoo {command} needs {need} (zoo list --pretrained)")
     return model
@@ -443,9 +481,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--seed", type=int, default=None)
     p.set_defaults(func=cmd_sample)
-    p = sub.add_parser("attention", help="draw what a translation model attended to, as a heatmap")
+    p = sub.add_parser("answer", help="answer a question about a story with a question-answering model")
     p.add_argument("name", help="pretrained name, folder or Hub repo id")
-    p.add_argument("sentence")
+    p.add_argument("question")
+    p.add_argument("--story", required=True, help="text file with one sentence a line, oldest first")
+    p.set_defaults(func=cmd_answer)
+    p = sub.add_parser("attention", help="draw what a translation model attended to (a heatmap), or a "
+                                         "question-answering model at each hop (--story)")
+    p.add_argument("name", help="pretrained name, folder or Hub repo id")
+    p.add_argument("sentence", help="the sentence to translate, or the question about --story")
+    p.add_argument("--story", default=None, help="question answering: the story, one sentence a line, oldest first")
+    p.add_argument("--support", type=int, nargs="*", default=[],
+                   help="question answering: the supporting facts to mark, as sentence numbers from 1")
     p.add_argument("--out", default="attention.png")
     p.add_argument("--beam", type=int, default=1)
     p.add_argument("--layer", type=int, default=None, help="one decoder layer (1-based); default: all")

@@ -13,7 +13,9 @@ What is measured, by kind of model:
 - text language models: perplexity per token, ``</s>`` included, of whole sentences, or
   of the split as one stream where the data is measured so (PTB: every word and ``<eos>``);
 - models of musical events: mean NLL per event (nats) of whole pieces;
-- image models: bits per dimension.
+- image models: bits per dimension;
+- question answering (bAbI): the test error of each task, their mean and the tasks failed
+  (error above 5%), in percent.
 """
 
 from __future__ import annotations
@@ -67,8 +69,8 @@ def datamodule_spec(config: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def kind_of(model: Any, dm: Any) -> str:
-    """translation, text, music or image: what measure() does with the model."""
-    if model.task_name in ("translation", "image"):
+    """translation, text, music, image or qa: what measure() does with the model."""
+    if model.task_name in ("translation", "image", "qa"):
         return model.task_name
     return "music" if hasattr(dm, "eval_batches") else "text"
 
@@ -85,6 +87,8 @@ def measure(model: Any, dm: Any, split: str = "test", limit: int | None = None, 
     with torch.no_grad():
         if kind == "translation":
             metrics = _translation(model, dm, split, limit, quick)
+        elif kind == "qa":
+            metrics = _qa(model, dm, split, limit, quick)
         else:
             metrics = {"text": _text, "music": _music, "image": _image}[kind](model, dm, split, limit)
     return {"kind": kind, "split": split, "first": limit, "metrics": metrics,
@@ -125,6 +129,14 @@ def _text(model: Any, dm: Any, split: str, limit: int | None) -> dict[str, float
     return {"ppl": round(model.perplexity(_head(dm.texts(split), limit)), 2)}
 
 
+def _qa(model: Any, dm: Any, split: str, limit: int | None, quick: bool = False) -> dict[str, float]:
+    """Test error per task (its first ``limit`` questions), the mean and the failed tasks; ``quick``: the mean alone."""
+    from zoo.tasks.qa import error_summary
+
+    summary = error_summary(model.task_errors(dm.question_batches(split, first=limit)))
+    return {"mean_error": summary["mean_error"]} if quick else summary
+
+
 def _music(model: Any, dm: Any, split: str, limit: int | None) -> dict[str, float]:
     return {f"{split}_nll": round(model.mean_nll(dm.eval_batches(split, first=limit)), 4)}
 
@@ -137,8 +149,11 @@ def _image(model: Any, dm: Any, split: str, limit: int | None) -> dict[str, floa
     return {"bpd": round(model.bits_per_dim(images, **cond), 4)}
 
 
+POSITION_EDGES = (0, 128, 256, 512, 1024)  # the ranges of positions the music cards report
+
+
 @torch.no_grad()
-def nll_by_position(model: Any, batches: Any, edges: tuple[int, ...] = (0, 512, 1024)) -> dict[str, float]:
+def nll_by_position(model: Any, batches: Any, edges: tuple[int, ...] = POSITION_EDGES) -> dict[str, float]:
     """Mean NLL of the targets at positions [edges[i], edges[i+1]) of each piece (the last: to its end).
 
     Shows what a model makes of positions and distances longer than its training windows."""
@@ -198,6 +213,11 @@ def format_report(result: dict[str, Any]) -> str:
     for key, value in result["metrics"].items():
         other = recorded.get(key)
         lines.append(f"{key:22s} {value:10.4g} {'' if other is None else format(other, '10.4g'):>10s}")
+    if result["kind"] == "qa":
+        from zoo.tasks.qa import FAILED_ABOVE
+
+        failed = [k.rsplit("_", 1)[1] for k, v in result["metrics"].items() if k.startswith("error/task_") and v > FAILED_ABOVE]
+        lines.append(f"\nfailed tasks (error above {FAILED_ABOVE:g}%): {', '.join(failed) or 'none'}")
     return "\n".join(lines)
 
 

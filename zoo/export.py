@@ -98,7 +98,8 @@ def model_cards_section(name: str, path: Path = Path("MODEL_CARDS.md")) -> str |
 
 
 # -- what a checkpoint records --------------------------------------------------------
-HEAD = {"translation": ("test", 100), "text": ("test", 100), "music": ("val", 10), "image": ("test", 100)}
+HEAD = {"translation": ("test", 100), "text": ("test", 100), "music": ("val", 10), "image": ("test", 100),
+        "qa": ("test", 100)}  # qa: the first 100 questions of each task
 HEAD_STREAM = 5000  # text measured as one stream (PTB): the first 5,000 targets
 
 
@@ -121,6 +122,8 @@ def measure_stored(stored: Any, dm: Any, out: Path, limit: int | None) -> dict[s
                                  "first": first}
     if stream:
         reproduce["items"] = "tokens"
+    if kind == "qa":
+        reproduce["items"] = "questions of each task"
     if kind == "translation":
         reproduce["beam_size"] = 1
     reproduce.update({names.get(k, k): v for k, v in head.items()})

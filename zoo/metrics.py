@@ -10,6 +10,7 @@
   ``CorpusBLEU`` keeps it as n-gram counts, a ``Metric`` that sums across processes.
 * ``bleu_lc``: lowercased BLEU on 13a-tokenised text, the closest match to the
   Multi30k figures usually published (computed on lowercased, tokenised text).
+* ``AnswerErrors``: the share of wrong answers per task (bAbI), a ``Metric`` of counts.
 """
 
 from __future__ import annotations
@@ -40,6 +41,32 @@ class TokenNLL(Metric):
 
     def compute(self) -> Tensor:
         return (self.total / self.count.clamp(min=1)).float()
+
+
+class AnswerErrors(Metric):
+    """Wrong answers and questions per task (ids ``0 .. num_tasks - 1``), summed across batches and processes."""
+
+    full_state_update = False
+    higher_is_better = False
+
+    def __init__(self, num_tasks: int = 21) -> None:
+        super().__init__()
+        self.num_tasks = num_tasks
+        self.add_state("wrong", torch.zeros(num_tasks, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("count", torch.zeros(num_tasks, dtype=torch.long), dist_reduce_fx="sum")
+
+    def update(self, predicted: Tensor, answer: Tensor, task: Tensor) -> None:
+        """predicted and answer (B,) word ids; task (B,) each question's task."""
+        self.wrong = self.wrong + torch.bincount(task[predicted != answer], minlength=self.num_tasks)
+        self.count = self.count + torch.bincount(task, minlength=self.num_tasks)
+
+    def compute(self) -> Tensor:
+        """Error rate in percent per task (num_tasks,), NaN for a task without questions."""
+        return torch.where(self.count > 0, 100.0 * self.wrong / self.count.clamp(min=1), float("nan"))
+
+    def per_task(self) -> dict[int, float]:
+        """{task: error %} of the tasks that had questions."""
+        return {t: float(e) for t, e in enumerate(self.compute().tolist()) if self.count[t] > 0}
 
 
 class CorpusBLEU(Metric):

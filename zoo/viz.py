@@ -1,4 +1,5 @@
-"""Attention heatmaps: which source tokens a model looked at for each target token.
+"""Attention pictures: which source tokens a model looked at for each target token (heatmaps), and
+which story sentences a memory network read at each hop (bars).
 
 Figures are drawn on a plain ``matplotlib.figure.Figure``, never through pyplot: the
 caller's matplotlib backend stays as it was (a notebook's inline one, a desktop window),
@@ -51,6 +52,41 @@ def attention_figure(
         ax.set_ylabel("target")
     for ax in list(axes.flat)[n:]:
         ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def memory_attention_figure(
+    weights: Tensor,
+    sentences: Sequence[str],
+    support: Sequence[int] = (),
+    title: str = "",
+) -> Any:
+    """One panel per hop of a memory network: its weight (hops, N) on each of the N story sentences.
+
+    Sentences run down in story order, numbered from 1; the supporting facts (indices into
+    ``sentences``) are drawn in red and starred. Returns a ``Figure``.
+    """
+    from matplotlib.figure import Figure
+
+    hops, n = weights.shape
+    marked = set(support)
+    labels = [f"{i + 1}. {s}" + (" *" if i in marked else "") for i, s in enumerate(sentences)]
+    fig = Figure(figsize=(2.2 * hops + 0.09 * max(map(len, labels), default=10) + 1.0, max(2.5, 0.32 * n + 1.4)))
+    axes = fig.subplots(1, hops, sharey=True, squeeze=False)[0]
+    for k, ax in enumerate(axes):
+        w = weights[k].float().cpu().numpy()
+        ax.barh(range(n), w, color=["tab:red" if i in marked else "tab:blue" for i in range(n)])
+        ax.set_xlim(0.0, max(1.0, float(w.max(initial=0.0))))
+        ax.set_title(f"hop {k + 1}", fontsize=9)
+        ax.set_xlabel("attention")
+    axes[0].set_yticks(range(n), labels=labels, fontsize=8)
+    for i, tick in enumerate(axes[0].get_yticklabels()):
+        if i in marked:
+            tick.set_color("tab:red")
+    axes[0].invert_yaxis()  # the first sentence on top
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()

@@ -135,9 +135,11 @@ class MusicTransformer(CausalLM):
         with torch.no_grad():
             self.embed.weight[self.config.pad_id].zero_()
 
-    def _embed(self, tokens: Tensor, offset: int) -> Tensor:
+    def _embed(self, tokens: Tensor, offset: int, positions: Tensor | None = None) -> Tensor:
         x = self.embed(tokens) * math.sqrt(self.config.d_model)
-        if self.positions is not None:
+        if self.positions is not None and positions is not None:  # each row from its own first position
+            x = x + self.positions.at(positions[:, None] + torch.arange(tokens.size(1), device=tokens.device))
+        elif self.positions is not None:
             x = x + self.positions(tokens.size(1), offset)
         return self.drop(x)
 
@@ -146,8 +148,11 @@ class MusicTransformer(CausalLM):
         p = tokens - self.config.pitch_offset
         return torch.where(p >= 0, p, -1)
 
-    def forward(self, tokens: Tensor, state: dict[str, Any] | None = None) -> Tensor:
-        """tokens (B, T) -> logits (B, T, V); with ``state`` (:meth:`init_state`) tokens are the new ones only."""
+    def forward(self, tokens: Tensor, state: dict[str, Any] | None = None, positions: Tensor | None = None) -> Tensor:
+        """tokens (B, T) -> logits (B, T, V); with ``state`` (:meth:`init_state`) tokens are the new ones only.
+
+        ``positions`` (B,): where each row starts in its piece (training crops), so that absolute
+        positions are the piece's; relative attention depends on distances only and ignores it."""
         caches = state["layers"] if state is not None else [None] * len(self.layers)
         offset = caches[0].length if state is not None else 0
         pitches = None
@@ -155,7 +160,7 @@ class MusicTransformer(CausalLM):
             pitches = self.pitches(tokens)
             if state is not None:  # every position so far: the cached ones, then the new
                 pitches = state["pitches"] = torch.cat([state["pitches"], pitches], dim=1)
-        x = self._embed(tokens, offset)
+        x = self._embed(tokens, offset, positions)
         for layer, cache in zip(self.layers, caches):
             x = layer(x, cache, pitches)
         return self.out(self.norm(x))

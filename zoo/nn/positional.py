@@ -33,3 +33,12 @@ class SinusoidalPositions(nn.Module):
                 f"{self.max_len}; shorten the input or build the model with a larger max_len"
             )
         return self.pe[offset : offset + length]
+
+    def at(self, positions: Tensor) -> Tensor:
+        """The encodings of ``positions`` (any shape of indices) -> (..., C)."""
+        if positions.numel() and int(positions.max()) >= self.max_len:
+            raise ValueError(
+                f"position {int(positions.max())} is past the model's maximum of {self.max_len}; "
+                "shorten the input or build the model with a larger max_len"
+            )
+        return self.pe[positions]

@@ -12,6 +12,7 @@ TASKS = {
     "translation": "zoo.tasks.translation:TranslationTask",
     "lm": "zoo.tasks.lm:CausalLMTask",
     "image": "zoo.tasks.image:ImageTask",
+    "qa": "zoo.tasks.qa:QATask",
 }
 
 

@@ -71,6 +71,7 @@ class ZooModule(L.LightningModule):
         lr_plateau_factor: float = 0.0,
         lr_step_epochs: int = 25,
         lr_step_factor: float = 0.5,
+        lr_step_start: int = 0,
     ) -> None:
         """The optimiser settings, the same for every task: a task's ``__init__`` takes them as
         ``**optim`` and passes them here (LightningCLI follows them, so ``--model.init_args.lr``
@@ -97,12 +98,16 @@ class ZooModule(L.LightningModule):
                 schedule is then not used (and ``lr_schedule="cosine"`` or ``"step"`` is refused:
                 two schedules).
             lr_step_epochs, lr_step_factor: the ``"step"`` schedule's period and factor.
+            lr_step_start: the epochs at the full lr before the ``"step"`` schedule's first cut
+                (0: one period, ``lr_step_epochs``); Zaremba et al. 2014's medium LSTM: 6 epochs
+                at lr 1, then x 1/1.2 every epoch (``lr_step_epochs: 1``).
         """
         super().__init__()
         self._optimizer_settings = dict(
             lr=lr, warmup_steps=warmup_steps, betas=betas, eps=eps, weight_decay=weight_decay,
             lr_schedule=lr_schedule, min_lr_ratio=min_lr_ratio, optimizer=optimizer, momentum=momentum,
             lr_plateau_factor=lr_plateau_factor, lr_step_epochs=lr_step_epochs, lr_step_factor=lr_step_factor,
+            lr_step_start=lr_step_start,
         )
 
     def save_hyperparameters(
@@ -307,8 +312,9 @@ class ZooModule(L.LightningModule):
             raise ValueError(f"lr_schedule '{hp.lr_schedule}' and lr_plateau_factor > 0 are two schedules; set "
                              f"lr_plateau_factor: 0 for the {hp.lr_schedule} schedule, or lr_schedule: inverse_sqrt "
                              "for the plateau cuts")
-        if hp.lr_schedule == "step" and (hp.warmup_steps > 0 or hp.lr_step_epochs < 1):
-            raise ValueError("lr_schedule 'step' takes no warm-up (set warmup_steps: 0) and lr_step_epochs of 1 or more")
+        if hp.lr_schedule == "step" and (hp.warmup_steps > 0 or hp.lr_step_epochs < 1 or hp.get("lr_step_start", 0) < 0):
+            raise ValueError("lr_schedule 'step' takes no warm-up (set warmup_steps: 0), lr_step_epochs of 1 or more "
+                             "and lr_step_start of 0 or more")
         decay, no_decay = [], []
         for pname, p in self.named_parameters():
             if p.requires_grad:
@@ -340,9 +346,12 @@ class ZooModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def step_lr_factor(self, epoch: int) -> float:
-        """The ``"step"`` schedule's multiple of lr in ``epoch`` (counted from 0): lr_step_factor^(epoch // lr_step_epochs)."""
+        """The ``"step"`` schedule's multiple of lr in ``epoch`` (counted from 0): lr_step_factor^cuts, with no cut
+        before epoch ``lr_step_start`` (0: ``lr_step_epochs``) and one more every ``lr_step_epochs`` from there."""
         hp = self.hparams
-        return hp.lr_step_factor ** (epoch // hp.lr_step_epochs)
+        first = hp.get("lr_step_start", 0) or hp.lr_step_epochs  # checkpoints from before the setting have none
+        cuts = 0 if epoch < first else 1 + (epoch - first) // hp.lr_step_epochs
+        return hp.lr_step_factor ** cuts
 
 
 def split_overrides(

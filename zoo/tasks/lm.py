@@ -8,6 +8,8 @@ model's ``score``.
 
 from __future__ import annotations
 
+import inspect
+
 import logging
 import os
 from pathlib import Path
@@ -69,6 +71,11 @@ class CausalLMTask(ZooModule):
         self._eval_state: Any = None  # and of an evaluation stream
 
     # -- training ---------------------------------------------------------------
+    @property
+    def _takes_positions(self) -> bool:
+        """Whether the network reads where a training window starts (absolute positions of a crop)."""
+        return "positions" in inspect.signature(self.net.forward).parameters
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
         tokens, targets = batch["tokens"], batch["targets"]
         ntok = targets.ne(self.hparams.pad_id).sum()
@@ -85,7 +92,12 @@ class CausalLMTask(ZooModule):
         state = None
         if batch.get("stream") and not batch.get("reset"):
             state = self.net.detach_state(self._stream_state)  # truncated BPTT: carry, don't backpropagate
-        out = self.net(tokens, state) if batch.get("stream") else self.net(tokens)
+        if batch.get("stream"):
+            out = self.net(tokens, state)
+        elif "positions" in batch and self._takes_positions:  # training crops keep their positions in the piece
+            out = self.net(tokens, positions=batch["positions"])
+        else:
+            out = self.net(tokens)
         logits, new_state = out if isinstance(out, tuple) else (out, None)  # recurrent nets return a state
         if batch.get("stream"):
             self._stream_state = new_state

@@ -19,9 +19,11 @@ from zoo.data.midi.sources import (BACH_QUARTER_S, JSB_SPLITS, find_jsb, find_mi
 from zoo.data.midi.tokenizer import JSB_STEP_S, ChoraleTokenizer, EventTokenizer, grid_to_notes
 
 
-def window_batch(windows: Sequence[Sequence[int]], pad_id: int) -> dict[str, Tensor]:
+def window_batch(windows: Sequence[Sequence[int]], pad_id: int,
+                 starts: Sequence[int] | None = None) -> dict[str, Tensor]:
     """Windows of ``<s> ids </s>`` -> tokens (B, T) = window[:-1], targets (B, T) = window[1:], right-padded.
-    For whole pieces this is ``zoo.data.text.lm_batch``."""
+    For whole pieces this is ``zoo.data.text.lm_batch``. ``starts``: where each window begins
+    in its piece, returned as ``positions`` (B,): the position of each window's first token."""
     width = max(len(w) for w in windows) - 1
     tokens = torch.full((len(windows), width), pad_id, dtype=torch.long)
     targets = torch.full((len(windows), width), pad_id, dtype=torch.long)
@@ -29,12 +31,19 @@ def window_batch(windows: Sequence[Sequence[int]], pad_id: int) -> dict[str, Ten
         t = torch.as_tensor(w, dtype=torch.long)
         tokens[i, : len(w) - 1] = t[:-1]
         targets[i, : len(w) - 1] = t[1:]
-    return {"tokens": tokens, "targets": targets}
+    batch = {"tokens": tokens, "targets": targets}
+    if starts is not None:
+        batch["positions"] = torch.as_tensor(starts, dtype=torch.long)
+    return batch
 
 
 class _Crops(Dataset):
     """Training examples: each piece (augmented afresh each time) encoded as ``<s> ids </s>``
-    and cut to a random window of ``crop_len + 1`` tokens (starting on a step for the grid)."""
+    and cut to a random window of ``crop_len + 1`` tokens (starting on a step for the grid).
+
+    Each example is ``(window, start)``: a window keeps its positions in the piece, so a model
+    with absolute positions sees the soprano of a step at the same positions in training as
+    in whole-piece evaluation (numbered from 0, a crop would put a different voice at each)."""
 
     def __init__(self, pieces: list[np.ndarray], encode: Any, crop_len: int, align: int, bos: int, eos: int,
                  crops_per_piece: int, seed: int) -> None:
@@ -45,19 +54,19 @@ class _Crops(Dataset):
     def __len__(self) -> int:
         return len(self.pieces) * self.crops_per_piece
 
-    def __getitem__(self, i: int) -> list[int]:
+    def __getitem__(self, i: int) -> tuple[list[int], int]:
         rng = self.rng()
         seq = [self.bos] + self.encode(self.pieces[i % len(self.pieces)], rng) + [self.eos]
         need = self.crop_len + 1
         if len(seq) <= need:
-            return seq
+            return seq, 0
         starts = len(seq) - need + 1
         if self.align > 1:  # <s>, or the first voice of a step
             choices = np.concatenate([[0], np.arange(1, starts, self.align)])
             a = int(choices[rng.integers(len(choices))])
         else:
             a = int(rng.integers(starts))
-        return seq[a : a + need]
+        return seq[a : a + need], a
 
 
 class MIDIDataModule(SequenceDataModule):
@@ -225,6 +234,10 @@ class MIDIDataModule(SequenceDataModule):
     def _collate(self, windows: list[list[int]]) -> dict[str, Tensor]:
         return window_batch(windows, self.pad_id)
 
+    def _collate_crops(self, crops: list[tuple[list[int], int]]) -> dict[str, Tensor]:
+        windows, starts = zip(*crops)
+        return window_batch(windows, self.pad_id, starts)
+
     def train_dataloader(self) -> DataLoader:
         hp, tok = self.hp, self._tokenizer
         pieces = self.pieces("train")
@@ -232,7 +245,7 @@ class MIDIDataModule(SequenceDataModule):
             raise ValueError("the training split is empty; lower split's val/test fractions or raise limit")
         data = _Crops(pieces, self._train_encode, hp.crop_len, 4 if hp.encoding == "chorale" else 1,
                       tok.bos_id, tok.eos_id, hp.crops_per_piece, hp.seed)
-        return DataLoader(data, batch_size=hp.batch_size, shuffle=True, collate_fn=self._collate,
+        return DataLoader(data, batch_size=hp.batch_size, shuffle=True, collate_fn=self._collate_crops,
                           num_workers=hp.num_workers, drop_last=False)
 
     def _eval_loader(self, split: str) -> DataLoader:

@@ -1,0 +1,337 @@
+"""End-to-end memory networks: Sukhbaatar, Szlam, Weston & Fergus 2015, "End-To-End Memory
+Networks" (arXiv 1503.08895).
+
+A story is written into a memory, one slot a sentence; a question is embedded as the state
+``u``; each of K hops reads the memory with soft attention and adds what it read to the
+state; the last state is scored against the vocabulary:
+
+    m_i = sum_j l_j * A x_ij + T_A(i)          input memory of hop k (section 2.1, 4.1)
+    c_i = sum_j l_j * C x_ij + T_C(i)          output memory of hop k
+    p_i = softmax_i(u . m_i)                   attention over the slots
+    u  <- u + sum_i p_i c_i                    (layer-wise tying: H u + sum_i p_i c_i)
+    answer = softmax(W u)
+
+``l_j`` is the position encoding (``encoding="position"``, section 4.1:
+l_kj = (1 - j/J) - (k/d)(1 - 2j/J), for word j of a sentence of J words and embedding
+dimension k of d) or 1 (``"bow"``, a bag of words); ``T_A``, ``T_C`` are learned temporal
+encodings of the slot, slot 0 the most recent sentence. Two ways of tying the weights
+(section 2.2): ``adjacent`` (A of hop k+1 is C of hop k, the answer matrix W^T is the last
+C and the question embedding B is the first A: K + 1 matrices in all) and ``layerwise``
+(one A and one C for every hop, separate B and W, and a linear map H of the state between
+hops). Every embedding is drawn from N(0, 0.1); the padding word's row is zero and stays
+zero (the lookups never train it, and its answer score is -inf, so the output layer never
+does either). ``linear=True`` drops the softmax of every hop (the paper's *linear start*).
+
+Shapes: B batch, M memory slots, J words a sentence, Jq words a question, d the embedding
+width, V the vocabulary. A story is ``(B, M, J)`` word ids with slot 0 the most recent
+sentence; slots of padding only hold no memory.
+
+The language-model form of section 5 (:class:`MemN2NLM`) reads the last ``memory_size``
+words one a slot, from a constant query of 0.1, with a ReLU on half of the state's units
+and layer-wise tying.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from zoo.models.base import CausalLM, check_at_least, check_vocab, make_config
+from zoo.nn.source_attention import DotAttention
+from zoo.registry import BABI, BABI_LICENSE, Pretrained, register_model, register_pretrained
+
+ENCODINGS = ("position", "bow")
+TYINGS = ("adjacent", "layerwise")
+_PAPER = "Sukhbaatar et al. 2015, End-To-End Memory Networks"
+
+
+@dataclass
+class MemN2NConfig:
+    vocab_size: int = 200
+    pad_id: int = 0
+    dim: int = 50  # d, the width of every embedding
+    hops: int = 3  # K
+    memory_size: int = 50  # slots: the most recent sentences a story keeps
+    encoding: str = "position"  # position | bow: how a sentence's words add up to its memory vector
+    temporal: bool = True  # learned temporal encodings T_A, T_C of the slots
+    tying: str = "adjacent"  # adjacent | layerwise
+    init_std: float = 0.1
+
+
+def position_encoding(lengths: Tensor, width: int, dim: int) -> Tensor:
+    """l_kj of section 4.1 for sentences of ``lengths`` (...) words: weights (..., width, dim).
+
+    l_kj = (1 - j/J) - (k/d)(1 - 2j/J), j = 1..J the word, k = 1..d the dimension, J the
+    sentence's own length. Positions past a sentence's end get weights too; they multiply
+    the padding word's zero embedding.
+    """
+    J = lengths.clamp(min=1).to(torch.float32)[..., None, None]  # (..., 1, 1)
+    j = torch.arange(1, width + 1, dtype=torch.float32, device=lengths.device)[:, None]  # (J, 1)
+    k = torch.arange(1, dim + 1, dtype=torch.float32, device=lengths.device)[None, :]  # (1, d)
+    return (1 - j / J) - (k / dim) * (1 - 2 * j / J)
+
+
+class SentenceEncoder(nn.Module):
+    """Word ids (..., J) -> one vector a sentence (..., d): the (position-weighted) sum of the word embeddings."""
+
+    def __init__(self, encoding: str, pad_id: int) -> None:
+        super().__init__()
+        self.encoding, self.pad_id = encoding, pad_id
+
+    def forward(self, embed: nn.Embedding, words: Tensor) -> Tensor:
+        x = embed(words)  # (..., J, d)
+        if self.encoding == "position":
+            x = x * position_encoding(words.ne(self.pad_id).sum(-1), words.size(-1), x.size(-1)).to(x.dtype)
+        return x.sum(-2)
+
+
+def _embedding(vocab_size: int, dim: int, pad_id: int, std: float) -> nn.Embedding:
+    emb = nn.Embedding(vocab_size, dim, padding_idx=pad_id)
+    nn.init.normal_(emb.weight, 0.0, std)
+    with torch.no_grad():
+        emb.weight[pad_id].zero_()
+    return emb
+
+
+def _temporal(slots: int, dim: int, std: float) -> nn.Parameter:
+    return nn.Parameter(torch.randn(slots, dim) * std)
+
+
+class MemN2N(nn.Module):
+    """The memory network of section 2 for question answering.
+
+    ``embed`` holds the word embeddings and ``temporal`` the slot encodings; which of them
+    plays A, C, B and W at each hop is the tying's: :meth:`A`, :meth:`C`, :meth:`T_A`,
+    :meth:`T_C`, :attr:`B` and :meth:`answer_weight` name them.
+    """
+
+    def __init__(self, config: MemN2NConfig) -> None:
+        super().__init__()
+        c = self.config = config
+        if c.encoding not in ENCODINGS:
+            raise ValueError(f"unknown encoding {c.encoding!r}; choose one of {', '.join(ENCODINGS)}")
+        if c.tying not in TYINGS:
+            raise ValueError(f"unknown tying {c.tying!r}; choose one of {', '.join(TYINGS)}")
+        check_vocab(c, "vocab_size")
+        check_at_least(c, "dim", "hops", "memory_size")
+        n = c.hops + 1 if c.tying == "adjacent" else 3  # adjacent: E_0..E_K; layerwise: B, A, C
+        self.embed = nn.ModuleList(_embedding(c.vocab_size, c.dim, c.pad_id, c.init_std) for _ in range(n))
+        slots = c.hops + 1 if c.tying == "adjacent" else 2
+        self.temporal = nn.ParameterList(_temporal(c.memory_size, c.dim, c.init_std) for _ in range(slots)) \
+            if c.temporal else None
+        if c.tying == "layerwise":
+            self.H = nn.Linear(c.dim, c.dim, bias=False)
+            self.out = nn.Linear(c.dim, c.vocab_size, bias=False)
+            nn.init.normal_(self.H.weight, 0.0, c.init_std)
+            nn.init.normal_(self.out.weight, 0.0, c.init_std)
+            with torch.no_grad():
+                self.out.weight[c.pad_id].zero_()  # never trained: the padding word's score is -inf
+        else:
+            self.H = self.out = None
+        self.sentence = SentenceEncoder(c.encoding, c.pad_id)
+        self.attention = DotAttention(c.dim, c.dim)  # p = softmax(u . m), o = sum p c
+
+    def config_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self.config)
+
+    # -- the roles of the shared matrices -----------------------------------------------
+    def _in(self, k: int) -> int:  # index of hop k's input memory (A_k, T_A^k); hops count from 0
+        return k if self.config.tying == "adjacent" else 1
+
+    def _out(self, k: int) -> int:  # index of hop k's output memory (C_k, T_C^k)
+        return k + 1 if self.config.tying == "adjacent" else 2
+
+    def A(self, k: int) -> nn.Embedding:
+        return self.embed[self._in(k)]
+
+    def C(self, k: int) -> nn.Embedding:
+        return self.embed[self._out(k)]
+
+    def _time(self, index: int) -> int:  # the temporal encoding that goes with embedding ``index``
+        return index if self.config.tying == "adjacent" else index - 1
+
+    def T_A(self, k: int) -> nn.Parameter | None:
+        return None if self.temporal is None else self.temporal[self._time(self._in(k))]
+
+    def T_C(self, k: int) -> nn.Parameter | None:
+        return None if self.temporal is None else self.temporal[self._time(self._out(k))]
+
+    @property
+    def B(self) -> nn.Embedding:
+        return self.embed[0]
+
+    def answer_weight(self) -> Tensor:
+        """W (V, d): the last C's embedding (adjacent), or a matrix of its own (layer-wise)."""
+        return self.C(self.config.hops - 1).weight if self.out is None else self.out.weight
+
+    # -- forward ----------------------------------------------------------------------
+    def memory(self, index: int, story: Tensor, time: Tensor) -> Tensor:
+        """Embedding ``index``'s memory vectors of a story (B, M, J) at slot times (B, M): (B, M, d)."""
+        m = self.sentence(self.embed[index], story)
+        if self.temporal is not None:
+            m = m + self.temporal[self._time(index)][time]
+        return m
+
+    def forward(self, story: Tensor, query: Tensor, time: Tensor | None = None,
+                linear: bool = False) -> tuple[Tensor, Tensor]:
+        """story (B, M, J) and query (B, Jq) word ids -> answer logits (B, V) and attention (B, K, M).
+
+        Slot 0 of the story is its most recent sentence; only the first ``memory_size`` slots
+        are read. ``time`` (B, M) gives each slot's temporal index (by default its slot;
+        training with random noise spreads them out), clipped to ``memory_size - 1``.
+        ``linear`` drops the softmax of every hop (linear start): the attention is then
+        the raw scores, zero on empty slots. The padding word's logit is -inf.
+        """
+        c = self.config
+        story = story[:, : c.memory_size]
+        pad = story.eq(c.pad_id).all(-1)  # (B, M) slots that hold no memory
+        pad = pad & ~pad.all(-1, keepdim=True)  # an empty story reads its empty slots rather than nothing
+        if time is None:
+            time = torch.arange(story.size(1), device=story.device).expand(story.size(0), -1)
+        time = time[:, : story.size(1)].clamp(max=c.memory_size - 1)
+        u = self.sentence(self.B, query)  # (B, d)
+        memories: dict[int, Tensor] = {}  # each embedding's memory, computed once (adjacent: C_k is A_k+1)
+
+        def mem(index: int) -> Tensor:
+            if index not in memories:
+                memories[index] = self.memory(index, story, time)
+            return memories[index]
+
+        weights = []
+        for k in range(c.hops):
+            m, cm = mem(self._in(k)), mem(self._out(k))  # (B, M, d)
+            if linear:
+                p = self.attention.score(u[:, None], m).masked_fill(pad[:, None], 0.0)  # (B, 1, M)
+                o = p @ cm
+            else:
+                o, p = self.attention(u[:, None], m, cm, pad)
+            u = (u if self.H is None else self.H(u)) + o[:, 0]
+            weights.append(p[:, 0])
+        logits = F.linear(u, self.answer_weight())  # (B, V)
+        return logits.index_fill(-1, torch.tensor([c.pad_id], device=logits.device), float("-inf")), \
+            torch.stack(weights, 1)
+
+
+# -- the language model of section 5 -----------------------------------------------------
+@dataclass
+class MemN2NLMConfig:
+    vocab_size: int = 10_000
+    pad_id: int = 0
+    dim: int = 150  # d
+    hops: int = 6  # K
+    memory_size: int = 100  # the last words read, one a slot
+    relu_units: int = 75  # units of the state put through a ReLU after each hop (the paper: half of d)
+    query: float = 0.1  # the constant query of every position
+    init_std: float = 0.05
+    max_len: int = 100_000  # no position limit; this only bounds sampling
+
+
+class MemN2NLM(CausalLM):
+    """Section 5: a word-level language model reading its own recent past.
+
+    Position t attends over the ``memory_size`` words before and including it (slot 0 the
+    word itself), each embedded alone with its temporal encoding; the state starts as the
+    constant 0.1 in every unit, and after each hop u <- H u + o with a ReLU on the first
+    ``relu_units`` units. Layer-wise tying (one A, one C, one H for every hop); the output
+    layer W is its own. tokens (B, T) -> logits (B, T, V).
+    """
+
+    def __init__(self, config: MemN2NLMConfig) -> None:
+        super().__init__()
+        c = self.config = config
+        check_vocab(c, "vocab_size")
+        check_at_least(c, "dim", "hops", "memory_size")
+        if not 0 <= c.relu_units <= c.dim:
+            raise ValueError(f"relu_units must be between 0 and dim={c.dim}, got {c.relu_units}")
+        self.A = _embedding(c.vocab_size, c.dim, c.pad_id, c.init_std)
+        self.C = _embedding(c.vocab_size, c.dim, c.pad_id, c.init_std)
+        self.T_A = _temporal(c.memory_size, c.dim, c.init_std)
+        self.T_C = _temporal(c.memory_size, c.dim, c.init_std)
+        self.H = nn.Linear(c.dim, c.dim, bias=False)
+        self.out = nn.Linear(c.dim, c.vocab_size, bias=False)
+        nn.init.normal_(self.H.weight, 0.0, c.init_std)
+        nn.init.normal_(self.out.weight, 0.0, c.init_std)
+        self.attention = DotAttention(c.dim, c.dim)
+
+    def forward(self, tokens: Tensor, history: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """tokens (B, T) -> logits (B, T, V) and the last ``memory_size - 1`` tokens (the next chunk's history).
+
+        ``history`` (B, N) are the tokens before this chunk (a stream read in chunks); none: padding.
+        """
+        c = self.config
+        b, t = tokens.shape
+        keep = c.memory_size - 1
+        if history is None:
+            history = tokens.new_full((b, keep), c.pad_id)
+        seq = torch.cat([history[:, -keep:] if keep else history[:, :0], tokens], 1)  # (B, keep + T)
+        windows = seq.unfold(1, c.memory_size, 1).flip(-1)  # (B, T, N): slot 0 the current word
+        pad = windows.eq(c.pad_id)
+        pad[..., 0] = False  # the word itself is always read (a padding position's output is ignored)
+        m = self.A(windows) + self.T_A  # (B, T, N, d)
+        cm = self.C(windows) + self.T_C
+        u = tokens.new_full((b, t, c.dim), c.query, dtype=m.dtype)
+        m, cm, pad = m.flatten(0, 1), cm.flatten(0, 1), pad.flatten(0, 1)  # (B*T, N, ...)
+        u = u.reshape(b * t, 1, c.dim)
+        for _ in range(c.hops):
+            o, _ = self.attention(u, m, cm, pad)
+            u = self.H(u) + o
+            if c.relu_units:
+                u = torch.cat([F.relu(u[..., : c.relu_units]), u[..., c.relu_units :]], -1)
+        logits = self.out(u.view(b, t, c.dim))
+        return logits, seq[:, -keep:] if keep else seq[:, :0]
+
+    @staticmethod
+    def detach_state(state: Any) -> Any:
+        return state  # token ids: nothing to cut
+
+    def init_state(self, batch_size: int, device: Any = None) -> dict[str, Any]:
+        return {"history": None}
+
+    def step(self, tokens: Tensor, state: dict[str, Any]) -> Tensor:
+        logits, state["history"] = self(tokens, state["history"])
+        return logits[:, -1]
+
+
+# -- registered sizes ---------------------------------------------------------------------
+@register_model(task="qa", config=MemN2NConfig, paper=_PAPER)
+def memn2n(**kw: Any) -> MemN2N:
+    """3 hops, d=50, position encoding, temporal encoding, adjacent tying: the paper's joint bAbI model."""
+    return MemN2N(make_config(MemN2NConfig, {}, kw))
+
+
+@register_model(task="qa", config=MemN2NConfig, paper=_PAPER)
+def memn2n_tiny(**kw: Any) -> MemN2N:
+    """2 hops, d=8, 10 slots: for tests and smoke runs."""
+    return MemN2N(make_config(MemN2NConfig, dict(dim=8, hops=2, memory_size=10), kw))
+
+
+@register_model(task="lm", config=MemN2NLMConfig, paper=_PAPER)
+def memn2n_lm(**kw: Any) -> MemN2NLM:
+    """Section 5's Penn Treebank model: 6 hops, d=150, 100 words of memory, ReLU on half the units."""
+    return MemN2NLM(make_config(MemN2NLMConfig, {}, kw))
+
+
+register_pretrained(
+    Pretrained(
+        name="memn2n.babi",
+        hub_id="zoo-models/memn2n.babi",
+        sha256="d1066f920f4cdd6fac7806dc71fef703fa4b8eac39d8d9a26d4464cdfc8e0ffe",
+        params=45_800,
+        metrics={"mean_error": 17.1, "failed_tasks": 14, "error/task_1": 0.4, "error/task_2": 12.2, "error/task_3": 27.0,
+                 "error/task_4": 7.3, "error/task_5": 13.6, "error/task_6": 14.5, "error/task_7": 14.2,
+                 "error/task_8": 11.0, "error/task_9": 9.9, "error/task_10": 17.1, "error/task_11": 2.0,
+                 "error/task_12": 0.6, "error/task_13": 0.2, "error/task_14": 12.9, "error/task_15": 1.7,
+                 "error/task_16": 51.6, "error/task_17": 42.6, "error/task_18": 10.5, "error/task_19": 92.1,
+                 "error/task_20": 0.6},
+        recipe="configs/memn2n.babi.yaml",
+        data=BABI,
+        license=BABI_LICENSE,
+        description="MemN2N, 3 hops, PE LS RN, joint on the 20 bAbI tasks (1k); mean test error 17.1%, "
+                    "14 tasks failed (paper: 12.4%, 11)",
+    )
+)
