@@ -225,6 +225,22 @@ def test_ngram_ptb_reproduces_its_first_5000_test_tokens(published):
     assert size < 20e6
 
 
+def test_rnn_lm_ptb_carries_its_state_across_chunks_and_beats_the_ngram(ptb):
+    """rnn_lm.ptb scores a stream 35 tokens at a time as it scores it in one pass (the LSTM state goes
+    on from chunk to chunk), and its recorded test perplexity is below ngram.ptb's. Its figure on the
+    first 5,000 test tokens is checked with every checkpoint's in tests/test_pretrained.py."""
+    lm = zoo.load("rnn_lm.ptb").eval()
+    ids = torch.tensor(ptb._flat("val")[:351])[None]
+    with torch.no_grad():
+        whole, _ = lm.net.score_stream(ids[:, :-1], ids[:, 1:])
+        state, parts = None, []
+        for a in range(0, 350, 35):
+            scores, state = lm.net.score_stream(ids[:, a : a + 35], ids[:, a + 1 : a + 36], state)
+            parts.append(scores)
+    torch.testing.assert_close(torch.cat(parts, 1), whole, atol=1e-4, rtol=1e-4)
+    assert zoo.get_pretrained("rnn_lm.ptb").metrics["ppl"] < zoo.get_pretrained("ngram.ptb").metrics["ppl"]
+
+
 # -- finding and downloading -----------------------------------------------------------
 def serve(pages):
     def urlopen(url, timeout=0):
