@@ -373,3 +373,39 @@ def test_the_language_model_is_causal_and_reads_a_stream_in_chunks():
     torch.testing.assert_close(net(tokens[:, 4:], carried)[0], logits[:, 4:])  # chunks of a stream = the whole
     lm = zoo.create("memn2n_lm", vocab_size=40, dim=12, hops=2, memory_size=5, relu_units=6)
     assert lm.task_name == "lm" and torch.isfinite(lm.net.score(tokens, tokens.roll(-1, 1))).all()
+
+
+def _windowed_lm_reference(net, tokens, history):
+    """Section 5 as written: each position embeds its own window of N words, slot 0 the word itself."""
+    c = net.config
+    seq = torch.cat([history, tokens], 1)
+    windows = seq.unfold(1, c.memory_size, 1).flip(-1)  # (B, T, N)
+    m, cm = net.A(windows) + net.T_A, net.C(windows) + net.T_C  # (B, T, N, d)
+    pad = windows.eq(c.pad_id)
+    pad[..., 0] = False
+    u = torch.full(tokens.shape + (c.dim,), c.query)
+    for _ in range(c.hops):
+        p = torch.einsum("btd,btnd->btn", u, m).masked_fill(pad, float("-inf")).softmax(-1)
+        u = net.H(u) + torch.einsum("btn,btnd->btd", p, cm)
+        u = torch.cat([torch.relu(u[..., : c.relu_units]), u[..., c.relu_units :]], -1)
+    return net.out(u)
+
+
+def test_the_language_model_reads_the_same_band_as_a_window_per_position():
+    from zoo.models.memory_network import memn2n_lm
+
+    torch.manual_seed(0)
+    net = memn2n_lm(vocab_size=30, dim=10, hops=3, memory_size=6, relu_units=5)
+    tokens = torch.randint(1, 30, (3, 8))
+    history = torch.randint(1, 30, (3, 5))
+    history[0, :3] = 0  # the start of a stream: padding, never read
+    logits, carried = net(tokens, history)
+    expected = _windowed_lm_reference(net, tokens, history)
+    torch.testing.assert_close(logits, expected)
+    assert carried.tolist() == tokens[:, -5:].tolist()
+    grads = torch.autograd.grad(logits.square().sum(), [net.A.weight, net.T_C, net.H.weight])
+    ref = torch.autograd.grad(expected.square().sum(), [net.A.weight, net.T_C, net.H.weight])
+    for g, r in zip(grads, ref):
+        torch.testing.assert_close(g, r)
+    short, _ = net(tokens, history[:, 3:])  # a short history is padded on the left
+    torch.testing.assert_close(short, net(tokens, torch.cat([torch.zeros_like(history[:, :3]), history[:, 3:]], 1))[0])

@@ -256,34 +256,43 @@ class MemN2NLM(CausalLM):
         self.out = nn.Linear(c.dim, c.vocab_size, bias=False)
         nn.init.normal_(self.H.weight, 0.0, c.init_std)
         nn.init.normal_(self.out.weight, 0.0, c.init_std)
-        self.attention = DotAttention(c.dim, c.dim)
 
     def forward(self, tokens: Tensor, history: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """tokens (B, T) -> logits (B, T, V) and the last ``memory_size - 1`` tokens (the next chunk's history).
 
-        ``history`` (B, N) are the tokens before this chunk (a stream read in chunks); none: padding.
+        ``history`` (B, N) are the tokens before this chunk (a stream read in chunks); none, or
+        fewer than ``memory_size - 1``: padding before them.
+
+        Every word of the chunk and its history is embedded once, (B, L, d) with L = N - 1 + T.
+        Position t reads the band seq[t .. t + N - 1] of that sequence, so a hop scores the
+        state against all L embeddings in one product (B, T, L) and takes the band as a
+        strided view (B, T, N), oldest slot first; the read is the band's weights scattered
+        back to (B, T, L) times the output embeddings. No (B, T, N, d) tensor is built.
         """
         c = self.config
         b, t = tokens.shape
-        keep = c.memory_size - 1
+        n, keep = c.memory_size, c.memory_size - 1
         if history is None:
-            history = tokens.new_full((b, keep), c.pad_id)
-        seq = torch.cat([history[:, -keep:] if keep else history[:, :0], tokens], 1)  # (B, keep + T)
-        windows = seq.unfold(1, c.memory_size, 1).flip(-1)  # (B, T, N): slot 0 the current word
-        pad = windows.eq(c.pad_id)
-        pad[..., 0] = False  # the word itself is always read (a padding position's output is ignored)
-        m = self.A(windows) + self.T_A  # (B, T, N, d)
-        cm = self.C(windows) + self.T_C
-        u = tokens.new_full((b, t, c.dim), c.query, dtype=m.dtype)
-        m, cm, pad = m.flatten(0, 1), cm.flatten(0, 1), pad.flatten(0, 1)  # (B*T, N, ...)
-        u = u.reshape(b * t, 1, c.dim)
+            history = tokens.new_full((b, 0), c.pad_id)
+        history = history[:, max(history.size(1) - keep, 0):] if keep else history[:, :0]
+        if history.size(1) < keep:
+            history = F.pad(history, (keep - history.size(1), 0), value=c.pad_id)
+        seq = torch.cat([history, tokens], 1)  # (B, L)
+        length = seq.size(1)
+        band = dict(size=(b, t, n), stride=(t * length, length + 1, 1))  # [b, t, j] = [b, t, t + j] of (B, T, L)
+        pad = seq.eq(c.pad_id).unfold(1, n, 1).clone()  # (B, T, N), oldest slot first
+        pad[..., -1] = False  # the word itself is always read (a padding position's output is ignored)
+        m, cm = self.A(seq), self.C(seq)  # (B, L, d)
+        t_a, t_c = self.T_A.flip(0), self.T_C.flip(0)  # temporal encodings, oldest slot first
+        u = m.new_full((b, t, c.dim), c.query)
         for _ in range(c.hops):
-            o, _ = self.attention(u, m, cm, pad)
-            u = self.H(u) + o
+            scores = (u @ m.transpose(1, 2)).as_strided(**band) + u @ t_a.to(u.dtype).T  # (B, T, N)
+            p = scores.masked_fill(pad, float("-inf")).float().softmax(-1).to(u.dtype)
+            spread = torch.as_strided_scatter(p.new_zeros(b, t, length), p, **band)  # (B, T, L)
+            u = self.H(u) + spread @ cm.to(u.dtype) + p @ t_c.to(u.dtype)
             if c.relu_units:
                 u = torch.cat([F.relu(u[..., : c.relu_units]), u[..., c.relu_units :]], -1)
-        logits = self.out(u.view(b, t, c.dim))
-        return logits, seq[:, -keep:] if keep else seq[:, :0]
+        return self.out(u), seq[:, length - keep:]
 
     @staticmethod
     def detach_state(state: Any) -> Any:
