@@ -409,3 +409,17 @@ def test_the_language_model_reads_the_same_band_as_a_window_per_position():
         torch.testing.assert_close(g, r)
     short, _ = net(tokens, history[:, 3:])  # a short history is padded on the left
     torch.testing.assert_close(short, net(tokens, torch.cat([torch.zeros_like(history[:, :3]), history[:, 3:]], 1))[0])
+
+
+def test_the_language_model_drops_units_only_in_training():
+    from zoo.models.memory_network import memn2n_lm
+
+    torch.manual_seed(0)
+    net = memn2n_lm(vocab_size=30, dim=10, hops=2, memory_size=4, relu_units=5, dropout=0.5)
+    tokens = torch.randint(1, 30, (2, 6))
+    net.train()
+    assert not torch.allclose(net(tokens)[0], net(tokens)[0])
+    net.eval()
+    torch.testing.assert_close(net(tokens)[0], net(tokens)[0])
+    with pytest.raises(ValueError, match=r"dropout is a probability in \[0, 1\), got 1.0"):
+        memn2n_lm(vocab_size=30, dropout=1.0)

@@ -228,6 +228,7 @@ class MemN2NLMConfig:
     relu_units: int = 75  # units of the state put through a ReLU after each hop (the paper: half of d)
     query: float = 0.1  # the constant query of every position
     init_std: float = 0.05
+    dropout: float = 0.0  # on the embedded words and on the last state (not in the paper)
     max_len: int = 100_000  # no position limit; this only bounds sampling
 
 
@@ -238,7 +239,8 @@ class MemN2NLM(CausalLM):
     word itself), each embedded alone with its temporal encoding; the state starts as the
     constant 0.1 in every unit, and after each hop u <- H u + o with a ReLU on the first
     ``relu_units`` units. Layer-wise tying (one A, one C, one H for every hop); the output
-    layer W is its own. tokens (B, T) -> logits (B, T, V).
+    layer W is its own. ``dropout`` (0 in the paper) drops units of the embedded words and of
+    the state read by W. tokens (B, T) -> logits (B, T, V).
     """
 
     def __init__(self, config: MemN2NLMConfig) -> None:
@@ -248,10 +250,13 @@ class MemN2NLM(CausalLM):
         check_at_least(c, "dim", "hops", "memory_size")
         if not 0 <= c.relu_units <= c.dim:
             raise ValueError(f"relu_units must be between 0 and dim={c.dim}, got {c.relu_units}")
+        if not 0.0 <= c.dropout < 1.0:
+            raise ValueError(f"dropout is a probability in [0, 1), got {c.dropout}")
         self.A = _embedding(c.vocab_size, c.dim, c.pad_id, c.init_std)
         self.C = _embedding(c.vocab_size, c.dim, c.pad_id, c.init_std)
         self.T_A = _temporal(c.memory_size, c.dim, c.init_std)
         self.T_C = _temporal(c.memory_size, c.dim, c.init_std)
+        self.drop = nn.Dropout(c.dropout)
         self.H = nn.Linear(c.dim, c.dim, bias=False)
         self.out = nn.Linear(c.dim, c.vocab_size, bias=False)
         nn.init.normal_(self.H.weight, 0.0, c.init_std)
@@ -282,7 +287,7 @@ class MemN2NLM(CausalLM):
         band = dict(size=(b, t, n), stride=(t * length, length + 1, 1))  # [b, t, j] = [b, t, t + j] of (B, T, L)
         pad = seq.eq(c.pad_id).unfold(1, n, 1).clone()  # (B, T, N), oldest slot first
         pad[..., -1] = False  # the word itself is always read (a padding position's output is ignored)
-        m, cm = self.A(seq), self.C(seq)  # (B, L, d)
+        m, cm = self.drop(self.A(seq)), self.drop(self.C(seq))  # (B, L, d)
         t_a, t_c = self.T_A.flip(0), self.T_C.flip(0)  # temporal encodings, oldest slot first
         u = m.new_full((b, t, c.dim), c.query)
         for _ in range(c.hops):
@@ -292,7 +297,7 @@ class MemN2NLM(CausalLM):
             u = self.H(u) + spread @ cm.to(u.dtype) + p @ t_c.to(u.dtype)
             if c.relu_units:
                 u = torch.cat([F.relu(u[..., : c.relu_units]), u[..., c.relu_units :]], -1)
-        return self.out(u), seq[:, length - keep:]
+        return self.out(self.drop(u)), seq[:, length - keep:]
 
     @staticmethod
     def detach_state(state: Any) -> Any:
