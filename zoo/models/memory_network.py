@@ -43,7 +43,7 @@ from torch import Tensor, nn
 
 from zoo.models.base import CausalLM, check_at_least, check_vocab, make_config
 from zoo.nn.source_attention import DotAttention
-from zoo.registry import BABI, BABI_LICENSE, Pretrained, register_model, register_pretrained
+from zoo.registry import BABI, BABI_LICENSE, PTB, PTB_LICENSE, Pretrained, register_model, register_pretrained
 
 ENCODINGS = ("position", "bow")
 TYINGS = ("adjacent", "layerwise")
@@ -347,5 +347,21 @@ register_pretrained(
         license=BABI_LICENSE,
         description="MemN2N, 3 hops, PE LS RN, joint on the 20 bAbI tasks (1k); mean test error 17.1%, "
                     "14 tasks failed (paper: 12.4%, 11)",
+    )
+)
+
+
+register_pretrained(
+    Pretrained(
+        name="memn2n_lm.ptb",
+        hub_id="zoo-models/memn2n_lm.ptb",
+        sha256="02be49b1aa4f9187fc6c78179d69ed1450cb7fd769915793e7e828850247a652",
+        params=4_583_400,
+        metrics={"val_ppl": 138.21, "ppl": 125.24},
+        recipe="configs/memn2n_lm.ptb.yaml",
+        data=PTB,
+        license=PTB_LICENSE,
+        description="MemN2N language model of Penn Treebank (words): 7 hops, d=150, the last 200 words; AdamW "
+                    "and dropout 0.3, 21 epochs: test perplexity 125.24 over 82,430 tokens (paper: 111)",
     )
 )
