@@ -239,6 +239,7 @@ def test_rnn_lm_ptb_carries_its_state_across_chunks_and_beats_the_ngram(ptb):
             parts.append(scores)
     torch.testing.assert_close(torch.cat(parts, 1), whole, atol=1e-4, rtol=1e-4)
     assert zoo.get_pretrained("rnn_lm.ptb").metrics["ppl"] < zoo.get_pretrained("ngram.ptb").metrics["ppl"]
+    assert zoo.get_pretrained("rnn_lm.ptb").metrics["ppl"] <= 82.7  # Zaremba et al. 2014, medium
 
 
 # -- finding and downloading -----------------------------------------------------------
