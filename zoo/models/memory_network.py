@@ -288,13 +288,13 @@ class MemN2NLM(CausalLM):
         pad = seq.eq(c.pad_id).unfold(1, n, 1).clone()  # (B, T, N), oldest slot first
         pad[..., -1] = False  # the word itself is always read (a padding position's output is ignored)
         m, cm = self.drop(self.A(seq)), self.drop(self.C(seq))  # (B, L, d)
-        t_a, t_c = self.T_A.flip(0), self.T_C.flip(0)  # temporal encodings, oldest slot first
+        keys, t_a, t_c = m.transpose(1, 2), self.T_A.flip(0).T, self.T_C.flip(0)  # temporal: oldest slot first
         u = m.new_full((b, t, c.dim), c.query)
         for _ in range(c.hops):
-            scores = (u @ m.transpose(1, 2)).as_strided(**band) + u @ t_a.to(u.dtype).T  # (B, T, N)
+            scores = (u @ keys).as_strided(**band) + u @ t_a  # (B, T, N)
             p = scores.masked_fill(pad, float("-inf")).float().softmax(-1).to(u.dtype)
             spread = torch.as_strided_scatter(p.new_zeros(b, t, length), p, **band)  # (B, T, L)
-            u = self.H(u) + spread @ cm.to(u.dtype) + p @ t_c.to(u.dtype)
+            u = self.H(u) + spread @ cm + p @ t_c
             if c.relu_units:
                 u = torch.cat([F.relu(u[..., : c.relu_units]), u[..., c.relu_units :]], -1)
         return self.out(self.drop(u)), seq[:, length - keep:]
