@@ -23,7 +23,7 @@ demo: install
 test: install
 	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(PY) -m pytest -q
 
-# the suite of issue 7 (benchmarks/__main__.py): peers (the bench extra), attention, MIDI, start-up; writes RESULTS.md
+# the benchmark suite (benchmarks/__main__.py): peers (the bench extra), attention, MIDI, start-up; writes RESULTS.md
 bench: install $(VENV)/.bench-installed
 	LD_PRELOAD=$(TCMALLOC) $(PY) -m benchmarks
 

@@ -1,4 +1,4 @@
-"""zoo's benchmarks: the suite of issue 7 (``python -m benchmarks``) and the scripts it calls.
+"""zoo's benchmarks: the suite (``python -m benchmarks``) and the scripts it calls.
 
 Every script in this folder also runs on its own (``python benchmarks/bench_midi.py``). The
 peers of :mod:`benchmarks.peers` (transformers, x-transformers) are the ``bench`` extra

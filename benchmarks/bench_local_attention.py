@@ -22,8 +22,8 @@ them). The resident set also holds the allocator's cached pages, so it is an upp
 of the tensors alive at the peak; the inputs, weights and index tables are allocated
 before the baseline and not counted.
 
-Prints a Markdown table and writes benchmarks/results/local_attention.json. The goal of
-issue 6: time(4,096) / time(1,024) <= 4.5 for local attention (it grows as T; full
+Prints a Markdown table and writes benchmarks/results/local_attention.json. The goal:
+time(4,096) / time(1,024) <= 4.5 for local attention (it grows as T; full
 attention grows as T^2, so 16x).
 """
 

@@ -1,4 +1,4 @@
-"""zoo's Transformer against the libraries users would pick instead (issue 7): training and decoding.
+"""zoo's Transformer against the libraries users would pick instead: training and decoding.
 
     LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 \
         python -m benchmarks.bench_peers [--repeats 5] [--steps 4] [--skip-decoding]
@@ -42,7 +42,7 @@ MAX_LEN = 256
 NEW_TOKENS, DECODE_BATCH, BEAM = 40, 64, 4
 TOKENIZER = "transformer_small.multi30k"
 MODELS = ("zoo", "torch.nn.Transformer", "marian", "x-transformers")
-# zoo as it was before issue 7: SDPA's fused kernel for every attention (the ablation of the
+# zoo with SDPA's fused kernel for every attention (the ablation of the
 # written-out bf16 path, zoo.nn.attention.written_out); the same network otherwise
 ZOO_SDPA = "zoo (SDPA only)"
 

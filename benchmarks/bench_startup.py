@@ -1,4 +1,4 @@
-"""Start-up costs (issue 7): ``zoo list`` as a whole process, and ``zoo.load`` from a local folder.
+"""Start-up costs: ``zoo list`` as a whole process, and ``zoo.load`` from a local folder.
 
     python -m benchmarks.bench_startup [--repeats 5]
 

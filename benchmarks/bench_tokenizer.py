@@ -1,4 +1,4 @@
-"""Multi30k tokenisation throughput (issue 7): sentences/s of ``TextTokenizer.encode_batch``.
+"""Multi30k tokenisation throughput: sentences/s of ``TextTokenizer.encode_batch``.
 
     python -m benchmarks.bench_tokenizer [--repeats 5]
 
