@@ -172,6 +172,20 @@ def test_position_encoding_is_the_papers():
     assert l[0, 0].item() == pytest.approx(0.75 - 1 / 6)
 
 
+def test_one_sentence_length_weighs_a_word_the_same_in_every_sentence():
+    net = memn2n_tiny(vocab_size=10, sentence_length=5)
+    short, long = torch.tensor([[3, 4, 0, 0, 0]]), torch.tensor([[3, 6, 7, 8, 0]])
+    first_word = net.sentence(net.B, short[:, :1])  # word 3 at position 1, alone
+    minus = lambda words: net.sentence(net.B, words) - first_word  # the rest of the sentence
+    l = position_encoding(torch.tensor([5]), width=5, dim=8)[0]
+    assert torch.allclose(minus(short), l[1] * net.B.weight[4], atol=1e-6)
+    assert torch.allclose(minus(long), (l[1:4] * net.B.weight[[6, 7, 8]]).sum(0), atol=1e-6)
+    with pytest.raises(ValueError, match="a sentence of 6 words is longer than sentence_length=5; set sentence_length to at least 6"):
+        net.sentence(net.B, torch.tensor([[1, 2, 3, 4, 5, 6]]))
+    with pytest.raises(ValueError, match="sentence_length must be at least 0"):
+        memn2n_tiny(vocab_size=10, sentence_length=-1)
+
+
 def test_adjacent_tying_shares_the_matrices():
     net = MemN2N(MemN2NConfig(vocab_size=30, dim=8, hops=3, memory_size=10))
     for k in range(2):

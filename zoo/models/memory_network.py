@@ -13,7 +13,8 @@ state; the last state is scored against the vocabulary:
 
 ``l_j`` is the position encoding (``encoding="position"``, section 4.1:
 l_kj = (1 - j/J) - (k/d)(1 - 2j/J), for word j of a sentence of J words and embedding
-dimension k of d) or 1 (``"bow"``, a bag of words); ``T_A``, ``T_C`` are learned temporal
+dimension k of d; ``sentence_length`` > 0 sets one J for every sentence and question, as
+the authors' code does with the longest sentence's length) or 1 (``"bow"``, a bag of words); ``T_A``, ``T_C`` are learned temporal
 encodings of the slot, slot 0 the most recent sentence. Two ways of tying the weights
 (section 2.2): ``adjacent`` (A of hop k+1 is C of hop k, the answer matrix W^T is the last
 C and the question embedding B is the first A: K + 1 matrices in all) and ``layerwise``
@@ -61,6 +62,7 @@ class MemN2NConfig:
     temporal: bool = True  # learned temporal encodings T_A, T_C of the slots
     tying: str = "adjacent"  # adjacent | layerwise
     init_std: float = 0.1
+    sentence_length: int = 0  # J of the position encoding: 0, each sentence's own length; > 0, this one for all
 
 
 def position_encoding(lengths: Tensor, width: int, dim: int) -> Tensor:
@@ -77,16 +79,27 @@ def position_encoding(lengths: Tensor, width: int, dim: int) -> Tensor:
 
 
 class SentenceEncoder(nn.Module):
-    """Word ids (..., J) -> one vector a sentence (..., d): the (position-weighted) sum of the word embeddings."""
+    """Word ids (..., J) -> one vector a sentence (..., d): the (position-weighted) sum of the word embeddings.
 
-    def __init__(self, encoding: str, pad_id: int) -> None:
+    ``length`` 0 weighs each sentence's words by its own length; ``length`` > 0 by that one
+    length for every sentence (none may be longer).
+    """
+
+    def __init__(self, encoding: str, pad_id: int, length: int = 0) -> None:
         super().__init__()
-        self.encoding, self.pad_id = encoding, pad_id
+        self.encoding, self.pad_id, self.length = encoding, pad_id, length
 
     def forward(self, embed: nn.Embedding, words: Tensor) -> Tensor:
         x = embed(words)  # (..., J, d)
         if self.encoding == "position":
-            x = x * position_encoding(words.ne(self.pad_id).sum(-1), words.size(-1), x.size(-1)).to(x.dtype)
+            lengths = words.ne(self.pad_id).sum(-1)
+            if self.length:
+                longest = int(lengths.max()) if lengths.numel() else 0
+                if longest > self.length:
+                    raise ValueError(f"a sentence of {longest} words is longer than sentence_length={self.length}; "
+                                     f"set sentence_length to at least {longest}, or to 0 for each sentence's own length")
+                lengths = torch.full_like(lengths, self.length)
+            x = x * position_encoding(lengths, words.size(-1), x.size(-1)).to(x.dtype)
         return x.sum(-2)
 
 
@@ -119,6 +132,7 @@ class MemN2N(nn.Module):
             raise ValueError(f"unknown tying {c.tying!r}; choose one of {', '.join(TYINGS)}")
         check_vocab(c, "vocab_size")
         check_at_least(c, "dim", "hops", "memory_size")
+        check_at_least(c, "sentence_length", minimum=0)
         n = c.hops + 1 if c.tying == "adjacent" else 3  # adjacent: E_0..E_K; layerwise: B, A, C
         self.embed = nn.ModuleList(_embedding(c.vocab_size, c.dim, c.pad_id, c.init_std) for _ in range(n))
         slots = c.hops + 1 if c.tying == "adjacent" else 2
@@ -133,7 +147,7 @@ class MemN2N(nn.Module):
                 self.out.weight[c.pad_id].zero_()  # never trained: the padding word's score is -inf
         else:
             self.H = self.out = None
-        self.sentence = SentenceEncoder(c.encoding, c.pad_id)
+        self.sentence = SentenceEncoder(c.encoding, c.pad_id, c.sentence_length)
         self.attention = DotAttention(c.dim, c.dim)  # p = softmax(u . m), o = sum p c
 
     def config_dict(self) -> dict[str, Any]:
