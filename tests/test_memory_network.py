@@ -248,6 +248,21 @@ def test_random_noise_spreads_statements_over_more_slots_in_order():
     assert (real[:, -1] > 11).any()
 
 
+def test_clip_each_clips_every_weights_gradient_alone():
+    task = zoo.create("memn2n_tiny", vocab_size=30, clip_each=True)
+    params = list(task.parameters())
+    for i, p in enumerate(params):
+        p.grad = torch.full_like(p, 10.0 if i % 2 else 1e-4)
+    before = [p.grad.clone() for p in params]
+    task.configure_gradient_clipping(None, gradient_clip_val=1.0)
+    for i, (p, g) in enumerate(zip(params, before)):
+        if i % 2:  # large: norm 1, same direction
+            assert p.grad.norm().item() == pytest.approx(1.0, rel=1e-4)
+            assert torch.allclose(p.grad / p.grad.norm(), g / g.norm())
+        else:  # small: untouched, whatever the others' norms
+            assert torch.equal(p.grad, g)
+
+
 def test_linear_start_ends_when_the_validation_loss_stops_falling(tmp_path):
     task = zoo.create("memn2n_tiny", vocab_size=30, linear_start=True, linear_start_lr=0.005, lr=0.01,
                       lr_schedule="step", lr_step_epochs=15, optimizer="sgd")

@@ -17,6 +17,8 @@ The loss is the cross-entropy of the answer word; evaluation counts wrong answer
 * gradient-norm clipping (trainer.gradient_clip_val: 40) and plain SGD at 0.01 halved
   every 25 epochs (15 for joint training): ``optimizer: sgd``, ``lr_schedule: step``, of the
   loss summed over a batch's questions (``loss_reduction: sum``), as the authors' code sums it.
+  The paper clips the norm of the whole gradient; ``clip_each`` clips each weight's gradient
+  alone, as the authors' code does.
 """
 
 from __future__ import annotations
@@ -74,6 +76,8 @@ class QATask(ZooModule):
         random_noise: share of empty time slots inserted among a story's statements in training.
         loss_reduction: ``"mean"`` over a batch's questions, or ``"sum"``, as the authors' code
             does: the paper's learning rates (0.01) and clipping (40) are for the summed gradient.
+        clip_each: clip each weight's gradient to ``trainer.gradient_clip_val`` alone instead
+            of the norm of them all.
         init_from: a pretrained name or folder to start from (fine-tuning).
         optim: the optimiser settings (``lr``, ``optimizer``, ``lr_schedule``, ...), which every
             task takes: see :class:`~zoo.tasks.base.ZooModule`.
@@ -93,6 +97,7 @@ class QATask(ZooModule):
         linear_start_max_epochs: int = 0,
         random_noise: float = 0.0,
         loss_reduction: str = "mean",
+        clip_each: bool = False,
         init_from: str | None = None,
         **optim: Any,
     ) -> None:
@@ -143,6 +148,15 @@ class QATask(ZooModule):
         loss = F.cross_entropy(logits.float(), batch["answer"])
         self.log("train/loss", loss, prog_bar=True, batch_size=batch["answer"].numel())
         return loss * batch["answer"].numel() if self.hparams.get("loss_reduction") == "sum" else loss
+
+    def configure_gradient_clipping(self, optimizer: Any, gradient_clip_val: float | None = None,
+                                    gradient_clip_algorithm: str | None = None) -> None:
+        if self.hparams.get("clip_each") and gradient_clip_val:
+            for p in self.parameters():
+                if p.grad is not None:
+                    torch.nn.utils.clip_grad_norm_(p, gradient_clip_val)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def step_lr_factor(self, epoch: int) -> float:
         """While the softmaxes are out: linear_start_lr; after: the step schedule from the epoch they came back."""
