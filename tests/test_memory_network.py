@@ -221,6 +221,24 @@ def test_forward_backward_at_a_tiny_size(settings, linear):
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
 
 
+def test_read_empty_lets_every_empty_slot_of_the_memory_score_zero():
+    torch.manual_seed(0)
+    net = memn2n_tiny(vocab_size=30, read_empty=True)  # 10 slots
+    story = torch.randint(4, 30, (2, 4, 3))
+    story[0, 2:] = 0  # 2 statements; the other story 4
+    query = torch.randint(4, 30, (2, 3))
+    logits, attention = net(story, query)
+    assert attention.shape == (2, 2, 10)
+    torch.testing.assert_close(attention.sum(-1), torch.ones(2, 2))
+    first = net.sentence(net.B, query)[0] @ net.memory(0, story[:1], torch.arange(4)[None])[0, :2].T  # hop 1's real scores
+    expected = torch.cat([first, torch.zeros(8)]).softmax(-1)  # 8 empty slots scoring 0
+    torch.testing.assert_close(attention[0, 0], expected)
+    again, _ = net(torch.nn.functional.pad(story, (0, 0, 0, 6)), query)  # the same story with its empty slots given
+    torch.testing.assert_close(again, logits)
+    torch.nn.functional.cross_entropy(logits, torch.tensor([5, 6])).backward()
+    assert net.temporal[0].grad[4:].eq(0).all()  # empty slots carry no temporal encoding
+
+
 @pytest.mark.parametrize("tying", ["adjacent", "layerwise"])
 def test_the_padding_word_stays_zero(tying):
     torch.manual_seed(0)

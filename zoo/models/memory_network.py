@@ -63,6 +63,7 @@ class MemN2NConfig:
     tying: str = "adjacent"  # adjacent | layerwise
     init_std: float = 0.1
     sentence_length: int = 0  # J of the position encoding: 0, each sentence's own length; > 0, this one for all
+    read_empty: bool = False  # the softmax also covers the empty slots up to memory_size (score 0, read 0)
 
 
 def position_encoding(lengths: Tensor, width: int, dim: int) -> Tensor:
@@ -200,20 +201,30 @@ class MemN2N(nn.Module):
         training with random noise spreads them out), clipped to ``memory_size - 1``.
         ``linear`` drops the softmax of every hop (linear start): the attention is then
         the raw scores, zero on empty slots. The padding word's logit is -inf.
+
+        With ``read_empty`` the memory always has ``memory_size`` slots and the softmax
+        covers the empty ones too, as the authors' code does: their memory vectors are zero
+        (no temporal encoding), so each scores 0 and reads nothing, and the attention on the
+        real slots can add up to less than 1.
         """
         c = self.config
         story = story[:, : c.memory_size]
-        pad = story.eq(c.pad_id).all(-1)  # (B, M) slots that hold no memory
-        pad = pad & ~pad.all(-1, keepdim=True)  # an empty story reads its empty slots rather than nothing
         if time is None:
             time = torch.arange(story.size(1), device=story.device).expand(story.size(0), -1)
         time = time[:, : story.size(1)].clamp(max=c.memory_size - 1)
+        if c.read_empty and story.size(1) < c.memory_size:
+            story = F.pad(story, (0, 0, 0, c.memory_size - story.size(1)), value=c.pad_id)
+            time = F.pad(time, (0, c.memory_size - time.size(1)))
+        pad = story.eq(c.pad_id).all(-1)  # (B, M) slots that hold no memory
+        if not c.read_empty:
+            pad = pad & ~pad.all(-1, keepdim=True)  # an empty story reads its empty slots rather than nothing
         u = self.sentence(self.B, query)  # (B, d)
         memories: dict[int, Tensor] = {}  # each embedding's memory, computed once (adjacent: C_k is A_k+1)
 
         def mem(index: int) -> Tensor:
             if index not in memories:
-                memories[index] = self.memory(index, story, time)
+                m = self.memory(index, story, time)
+                memories[index] = m.masked_fill(pad[..., None], 0.0) if c.read_empty else m
             return memories[index]
 
         weights = []
@@ -223,7 +234,7 @@ class MemN2N(nn.Module):
                 p = self.attention.score(u[:, None], m).masked_fill(pad[:, None], 0.0)  # (B, 1, M)
                 o = p @ cm
             else:
-                o, p = self.attention(u[:, None], m, cm, pad)
+                o, p = self.attention(u[:, None], m, cm, None if c.read_empty else pad)
             u = (u if self.H is None else self.H(u)) + o[:, 0]
             weights.append(p[:, 0])
         logits = F.linear(u, self.answer_weight())  # (B, V)
