@@ -14,7 +14,7 @@ import torch
 
 import zoo
 from zoo.data.babi import ALL_TASKS, BabiDataModule, babi_tokenizer, find_babi, parse_babi, task_file
-from zoo.models.memory_network import MemN2N, MemN2NConfig, memn2n_tiny, position_encoding
+from zoo.models.memory_network import MemN2N, MemN2NConfig, centred_position_encoding, memn2n_tiny, position_encoding
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "configs" / "memn2n.babi.yaml"
@@ -170,6 +170,17 @@ def test_position_encoding_is_the_papers():
         for k in range(1, d + 1):
             assert l[j - 1, k - 1].item() == pytest.approx((1 - j / J) - (k / d) * (1 - 2 * j / J))
     assert l[0, 0].item() == pytest.approx(0.75 - 1 / 6)
+
+
+def test_the_centred_position_encoding_is_the_authors_code():
+    l = centred_position_encoding(torch.tensor([3]), width=3, dim=2)[0]  # (J, d)
+    assert l[0, 0].item() == pytest.approx(1 + 4 * (1 - 1.5) * (1 - 2) / 6)  # 4/3
+    assert l[1].tolist() == pytest.approx([1.0, 1.0])  # the middle word of 3: weight 1
+    assert l.mean().item() == pytest.approx(1.0)
+    net = memn2n_tiny(vocab_size=10, encoding="position_centred")
+    words = torch.tensor([[3, 4, 5]])
+    expected = (centred_position_encoding(torch.tensor([3]), 3, 8)[0] * net.B.weight[[3, 4, 5]]).sum(0)
+    torch.testing.assert_close(net.sentence(net.B, words)[0], expected)
 
 
 def test_one_sentence_length_weighs_a_word_the_same_in_every_sentence():

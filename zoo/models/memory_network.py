@@ -14,7 +14,9 @@ state; the last state is scored against the vocabulary:
 ``l_j`` is the position encoding (``encoding="position"``, section 4.1:
 l_kj = (1 - j/J) - (k/d)(1 - 2j/J), for word j of a sentence of J words and embedding
 dimension k of d; ``sentence_length`` > 0 sets one J for every sentence and question, as
-the authors' code does with the longest sentence's length) or 1 (``"bow"``, a bag of words); ``T_A``, ``T_C`` are learned temporal
+the authors' code does with the longest sentence's length), the authors' code's form of it
+(``"position_centred"``: l_kj = 1 + 4 (k - (d+1)/2)(j - (J+1)/2) / (dJ), centred on 1 and
+about twice the paper's weights) or 1 (``"bow"``, a bag of words); ``T_A``, ``T_C`` are learned temporal
 encodings of the slot, slot 0 the most recent sentence. Two ways of tying the weights
 (section 2.2): ``adjacent`` (A of hop k+1 is C of hop k, the answer matrix W^T is the last
 C and the question embedding B is the first A: K + 1 matrices in all) and ``layerwise``
@@ -46,7 +48,7 @@ from zoo.models.base import CausalLM, check_at_least, check_vocab, make_config
 from zoo.nn.source_attention import DotAttention
 from zoo.registry import BABI, BABI_LICENSE, PTB, PTB_LICENSE, Pretrained, register_model, register_pretrained
 
-ENCODINGS = ("position", "bow")
+ENCODINGS = ("position", "position_centred", "bow")
 TYINGS = ("adjacent", "layerwise")
 _PAPER = "Sukhbaatar et al. 2015, End-To-End Memory Networks"
 
@@ -58,7 +60,7 @@ class MemN2NConfig:
     dim: int = 50  # d, the width of every embedding
     hops: int = 3  # K
     memory_size: int = 50  # slots: the most recent sentences a story keeps
-    encoding: str = "position"  # position | bow: how a sentence's words add up to its memory vector
+    encoding: str = "position"  # position | position_centred | bow: how a sentence's words add up to its vector
     temporal: bool = True  # learned temporal encodings T_A, T_C of the slots
     tying: str = "adjacent"  # adjacent | layerwise
     init_std: float = 0.1
@@ -79,6 +81,17 @@ def position_encoding(lengths: Tensor, width: int, dim: int) -> Tensor:
     return (1 - j / J) - (k / dim) * (1 - 2 * j / J)
 
 
+def centred_position_encoding(lengths: Tensor, width: int, dim: int) -> Tensor:
+    """The authors' code's position weights (..., width, dim): 1 + 4 (k - (d+1)/2)(j - (J+1)/2) / (dJ).
+
+    Centred on 1 where the paper's l_kj is centred on 1/2, and otherwise about twice it.
+    """
+    J = lengths.clamp(min=1).to(torch.float32)[..., None, None]
+    j = torch.arange(1, width + 1, dtype=torch.float32, device=lengths.device)[:, None]
+    k = torch.arange(1, dim + 1, dtype=torch.float32, device=lengths.device)[None, :]
+    return 1 + 4 * (k - (dim + 1) / 2) * (j - (J + 1) / 2) / (dim * J)
+
+
 class SentenceEncoder(nn.Module):
     """Word ids (..., J) -> one vector a sentence (..., d): the (position-weighted) sum of the word embeddings.
 
@@ -92,7 +105,7 @@ class SentenceEncoder(nn.Module):
 
     def forward(self, embed: nn.Embedding, words: Tensor) -> Tensor:
         x = embed(words)  # (..., J, d)
-        if self.encoding == "position":
+        if self.encoding != "bow":
             lengths = words.ne(self.pad_id).sum(-1)
             if self.length:
                 longest = int(lengths.max()) if lengths.numel() else 0
@@ -100,7 +113,8 @@ class SentenceEncoder(nn.Module):
                     raise ValueError(f"a sentence of {longest} words is longer than sentence_length={self.length}; "
                                      f"set sentence_length to at least {longest}, or to 0 for each sentence's own length")
                 lengths = torch.full_like(lengths, self.length)
-            x = x * position_encoding(lengths, words.size(-1), x.size(-1)).to(x.dtype)
+            weights = position_encoding if self.encoding == "position" else centred_position_encoding
+            x = x * weights(lengths, words.size(-1), x.size(-1)).to(x.dtype)
         return x.sum(-2)
 
 
