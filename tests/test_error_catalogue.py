@@ -729,6 +729,27 @@ def _image_model(pixel_task: str = "class_conditional") -> Any:
     return model.eval()
 
 
+def _babi_not_format(c: Ctx) -> Seen:
+    from zoo.data.babi import parse_babi
+
+    return c.api(lambda: parse_babi(["1 Mary moved to the bathroom.", "Where is Mary?"], source="qa1_train.txt"))
+
+
+def _babi_task_out_of_range(c: Ctx) -> Seen:
+    from zoo.data.babi import BabiDataModule
+
+    return c.api(lambda: BabiDataModule(tasks=[21]))
+
+
+def _memn2n_sentence_too_long(c: Ctx) -> Seen:
+    model = zoo.create("memn2n_tiny", vocab_size=30, sentence_length=2)
+    return c.api(lambda: model.net(torch.tensor([[[3, 4, 5]]]), torch.tensor([[3]])))
+
+
+def _answer_empty_story(c: Ctx) -> Seen:
+    return c.api(lambda: zoo.create("memn2n_tiny", vocab_size=30).answer([], "Where is Mary?"))
+
+
 def _image_call(method: str, *args: Any, pixel_task: str = "class_conditional", **kw: Any) -> Callable[[Ctx], Seen]:
     return lambda c: c.api(lambda: getattr(_image_model(pixel_task), method)(*args, **kw))
 
@@ -907,6 +928,12 @@ TRIGGERS: dict[str, Callable[[Ctx], Seen]] = {
     "image-label-out-of-range": _image_call("generate", labels=[1, 12]),
     "image-labels-missing": _image_call("bits_per_dim", np.zeros((2, 8, 8), dtype=np.uint8)),
     "image-src-missing": _image_call("generate", 4, pixel_task="super_resolution"),
+    "babi-not-format": _babi_not_format,
+    "babi-task-out-of-range": _babi_task_out_of_range,
+    "memn2n-hops-zero": _create("memn2n_tiny", hops=0),
+    "memn2n-memory-zero": _create("memn2n_tiny", memory_size=0),
+    "memn2n-sentence-too-long": _memn2n_sentence_too_long,
+    "answer-empty-story": _answer_empty_story,
 }
 
 
