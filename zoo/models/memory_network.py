@@ -68,6 +68,14 @@ class MemN2NConfig:
     read_empty: bool = False  # the softmax also covers the empty slots up to memory_size (score 0, read 0)
 
 
+def _positions(lengths: Tensor, width: int, dim: int) -> tuple[Tensor, Tensor, Tensor]:
+    """J (..., 1, 1) the sentence lengths, j (width, 1) the words and k (1, dim) the dimensions, from 1."""
+    J = lengths.clamp(min=1).to(torch.float32)[..., None, None]
+    j = torch.arange(1, width + 1, dtype=torch.float32, device=lengths.device)[:, None]
+    k = torch.arange(1, dim + 1, dtype=torch.float32, device=lengths.device)[None, :]
+    return J, j, k
+
+
 def position_encoding(lengths: Tensor, width: int, dim: int) -> Tensor:
     """l_kj of section 4.1 for sentences of ``lengths`` (...) words: weights (..., width, dim).
 
@@ -75,9 +83,7 @@ def position_encoding(lengths: Tensor, width: int, dim: int) -> Tensor:
     sentence's own length. Positions past a sentence's end get weights too; they multiply
     the padding word's zero embedding.
     """
-    J = lengths.clamp(min=1).to(torch.float32)[..., None, None]  # (..., 1, 1)
-    j = torch.arange(1, width + 1, dtype=torch.float32, device=lengths.device)[:, None]  # (J, 1)
-    k = torch.arange(1, dim + 1, dtype=torch.float32, device=lengths.device)[None, :]  # (1, d)
+    J, j, k = _positions(lengths, width, dim)
     return (1 - j / J) - (k / dim) * (1 - 2 * j / J)
 
 
@@ -86,10 +92,11 @@ def centred_position_encoding(lengths: Tensor, width: int, dim: int) -> Tensor:
 
     Centred on 1 where the paper's l_kj is centred on 1/2, and otherwise about twice it.
     """
-    J = lengths.clamp(min=1).to(torch.float32)[..., None, None]
-    j = torch.arange(1, width + 1, dtype=torch.float32, device=lengths.device)[:, None]
-    k = torch.arange(1, dim + 1, dtype=torch.float32, device=lengths.device)[None, :]
+    J, j, k = _positions(lengths, width, dim)
     return 1 + 4 * (k - (dim + 1) / 2) * (j - (J + 1) / 2) / (dim * J)
+
+
+POSITION_WEIGHTS = {"position": position_encoding, "position_centred": centred_position_encoding}
 
 
 class SentenceEncoder(nn.Module):
@@ -101,11 +108,12 @@ class SentenceEncoder(nn.Module):
 
     def __init__(self, encoding: str, pad_id: int, length: int = 0) -> None:
         super().__init__()
-        self.encoding, self.pad_id, self.length = encoding, pad_id, length
+        self.pad_id, self.length = pad_id, length
+        self.weights = POSITION_WEIGHTS.get(encoding)  # None: a bag of words
 
     def forward(self, embed: nn.Embedding, words: Tensor) -> Tensor:
         x = embed(words)  # (..., J, d)
-        if self.encoding != "bow":
+        if self.weights is not None:
             lengths = words.ne(self.pad_id).sum(-1)
             if self.length:
                 longest = int(lengths.max()) if lengths.numel() else 0
@@ -113,8 +121,7 @@ class SentenceEncoder(nn.Module):
                     raise ValueError(f"a sentence of {longest} words is longer than sentence_length={self.length}; "
                                      f"set sentence_length to at least {longest}, or to 0 for each sentence's own length")
                 lengths = torch.full_like(lengths, self.length)
-            weights = position_encoding if self.encoding == "position" else centred_position_encoding
-            x = x * weights(lengths, words.size(-1), x.size(-1)).to(x.dtype)
+            x = x * self.weights(lengths, words.size(-1), x.size(-1)).to(x.dtype)
         return x.sum(-2)
 
 
