@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
@@ -311,6 +312,20 @@ def test_linear_start_ends_when_the_validation_loss_stops_falling(tmp_path):
     again.setup("fit")  # a resumed run keeps what it had reached
     assert again.linear is False and again.schedule_start == 1
 
+
+
+def test_linear_start_without_patience_lasts_its_epochs():
+    with pytest.raises(ValueError, match="linear_start_max_epochs"):
+        zoo.create("memn2n_tiny", vocab_size=30, linear_start=True, linear_start_patience=None)
+    task = zoo.create("memn2n_tiny", vocab_size=30, linear_start=True, linear_start_patience=None,
+                      linear_start_max_epochs=2)
+    task.setup("fit")
+    for loss in (2.0, 2.5, 3.0):  # worse and worse within the first epoch: the validation loss does not end it
+        task._end_linear_start(loss)
+    assert task.linear
+    with mock.patch.object(type(task), "current_epoch", new_callable=mock.PropertyMock, return_value=1):
+        task._end_linear_start(1.0)
+    assert task.linear is False and task.schedule_start == 2
 
 # -- answering ---------------------------------------------------------------------------------
 STORY = ["Mary moved to the bathroom.", "John went to the hallway.", "Daniel went back to the office.",

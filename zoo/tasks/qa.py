@@ -7,7 +7,8 @@ The loss is the cross-entropy of the answer word; evaluation counts wrong answer
 * linear start (``linear_start``): the softmax of every memory hop is left out, making the
   network linear up to its answer softmax, until the validation loss stops falling
   (``linear_start_patience`` validations without a new best) or ``linear_start_max_epochs``
-  have passed, then put back; the learning rate is ``linear_start_lr`` meanwhile, and the
+  have passed (with no patience, after exactly that many, as the authors' code has it), then
+  put back; the learning rate is ``linear_start_lr`` meanwhile, and the
   ``"step"`` schedule starts counting its epochs when the softmax comes back. While it is
   out, ``val/error`` is logged as infinite (no softmax model yet: checkpoints chosen by it
   are never linear) and the linear model's error as ``val/error_linear``.
@@ -71,7 +72,8 @@ class QATask(ZooModule):
         linear_start: begin every fit without the memory softmaxes (see the module's docstring);
             fine-tuning loaded weights usually wants ``linear_start=False``.
         linear_start_lr: the learning rate while they are out.
-        linear_start_patience: validations without a new best loss before they come back.
+        linear_start_patience: validations without a new best loss before they come back
+            (None: the validation loss does not end it, only ``linear_start_max_epochs``).
         linear_start_max_epochs: they come back after this many epochs at the latest (0: no limit).
         random_noise: share of empty time slots inserted among a story's statements in training.
         loss_reduction: ``"mean"`` over a batch's questions, or ``"sum"``, as the authors' code
@@ -93,7 +95,7 @@ class QATask(ZooModule):
         pad_id: int = 0,
         linear_start: bool = False,
         linear_start_lr: float = 0.005,
-        linear_start_patience: int = 0,
+        linear_start_patience: int | None = 0,
         linear_start_max_epochs: int = 0,
         random_noise: float = 0.0,
         loss_reduction: str = "mean",
@@ -102,6 +104,9 @@ class QATask(ZooModule):
         **optim: Any,
     ) -> None:
         super().__init__(**optim)
+        if linear_start and linear_start_patience is None and linear_start_max_epochs <= 0:
+            raise ValueError("linear start without linear_start_patience needs linear_start_max_epochs > 0 "
+                             "to say when the softmaxes come back")
         if not 0.0 <= random_noise < 1.0:
             raise ValueError(f"random_noise is a share of the statements, in [0, 1); got {random_noise}")
         if loss_reduction not in ("mean", "sum"):
@@ -199,8 +204,8 @@ class QATask(ZooModule):
             self._best_linear_loss, self._no_better = loss, 0
         else:
             self._no_better += 1
-        limit = self.hparams.get("linear_start_max_epochs", 0)
-        if self._no_better > self.hparams.linear_start_patience or (limit and self.current_epoch + 1 >= limit):
+        limit, patience = self.hparams.get("linear_start_max_epochs", 0), self.hparams.linear_start_patience
+        if (patience is not None and self._no_better > patience) or (limit and self.current_epoch + 1 >= limit):
             self.linear = False
             self.schedule_start = self.current_epoch + 1
             log.info("linear start ends after epoch %d (validation loss %.4f, best %.4f): softmax back in the memory",
