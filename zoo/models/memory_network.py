@@ -380,19 +380,20 @@ register_pretrained(
     Pretrained(
         name="memn2n.babi",
         hub_id="zoo-models/memn2n.babi",
-        sha256="ac59b49d3b414e928bd5d3862e849325ac3a32c1a5f170a30ee05577185c87db",
+        sha256="6293047bb0a0fe861286ad783f5d8cbfa1fecbcd90afec32811848bdc8a52e87",
         params=45_800,
-        metrics={"mean_error": 14.17, "failed_tasks": 10, "error/task_1": 0.1, "error/task_2": 8.8,
-                 "error/task_3": 23.3, "error/task_4": 1.9, "error/task_5": 11.4, "error/task_6": 1.5,
-                 "error/task_7": 12.4, "error/task_8": 9.5, "error/task_9": 2.0, "error/task_10": 4.2,
-                 "error/task_11": 1.1, "error/task_12": 0.3, "error/task_13": 0.2, "error/task_14": 7.8,
-                 "error/task_15": 2.4, "error/task_16": 51.4, "error/task_17": 43.7, "error/task_18": 9.5,
-                 "error/task_19": 91.3, "error/task_20": 0.5},
+        metrics={"mean_error": 12.1, "failed_tasks": 8, "error/task_1": 0.0, "error/task_2": 13.2,
+                 "error/task_3": 27.3, "error/task_4": 1.6, "error/task_5": 11.0, "error/task_6": 2.2,
+                 "error/task_7": 16.7, "error/task_8": 9.3, "error/task_9": 1.6, "error/task_10": 4.2,
+                 "error/task_11": 1.2, "error/task_12": 0.0, "error/task_13": 0.2, "error/task_14": 4.0,
+                 "error/task_15": 0.2, "error/task_16": 3.1, "error/task_17": 45.4, "error/task_18": 9.7,
+                 "error/task_19": 91.2, "error/task_20": 0.0},
         recipe="configs/memn2n.babi.yaml",
         data=BABI,
         license=BABI_LICENSE,
-        description="MemN2N, 3 hops, PE LS RN, joint on the 20 bAbI tasks (1k), the softmax over the empty "
-                    "slots too; mean test error 14.17%, 10 tasks failed (paper: 12.4%, 11)",
+        description="MemN2N, 3 hops, PE LS RN, joint on the 20 bAbI tasks (1k), trained as the authors' code "
+                    "trains it (softmax over the empty slots too, its position weights, 30 epochs of linear "
+                    "start); mean test error 12.1%, 8 tasks failed (paper: 12.4%, 11)",
     )
 )
 
