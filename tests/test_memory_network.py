@@ -313,7 +313,6 @@ def test_linear_start_ends_when_the_validation_loss_stops_falling(tmp_path):
     assert again.linear is False and again.schedule_start == 1
 
 
-
 def test_linear_start_without_patience_lasts_its_epochs():
     with pytest.raises(ValueError, match="linear_start_max_epochs"):
         zoo.create("memn2n_tiny", vocab_size=30, linear_start=True, linear_start_patience=None)
@@ -326,6 +325,7 @@ def test_linear_start_without_patience_lasts_its_epochs():
     with mock.patch.object(type(task), "current_epoch", new_callable=mock.PropertyMock, return_value=1):
         task._end_linear_start(1.0)
     assert task.linear is False and task.schedule_start == 2
+
 
 # -- answering ---------------------------------------------------------------------------------
 STORY = ["Mary moved to the bathroom.", "John went to the hallway.", "Daniel went back to the office.",

@@ -8,10 +8,10 @@ The loss is the cross-entropy of the answer word; evaluation counts wrong answer
   network linear up to its answer softmax, until the validation loss stops falling
   (``linear_start_patience`` validations without a new best) or ``linear_start_max_epochs``
   have passed (with no patience, after exactly that many, as the authors' code has it), then
-  put back; the learning rate is ``linear_start_lr`` meanwhile, and the
-  ``"step"`` schedule starts counting its epochs when the softmax comes back. While it is
-  out, ``val/error`` is logged as infinite (no softmax model yet: checkpoints chosen by it
-  are never linear) and the linear model's error as ``val/error_linear``.
+  put back; the learning rate is ``linear_start_lr`` meanwhile, and the ``"step"`` schedule
+  starts counting its epochs when the softmax comes back. While it is out, ``val/error`` is
+  logged as infinite (no softmax model yet: checkpoints chosen by it are never linear) and
+  the linear model's error as ``val/error_linear``.
 * random noise (``random_noise``, 0.1): in training, empty time slots are inserted at
   random between a story's statements, up to that share of their number, so that the
   temporal encodings cannot lean on exact positions; the empty slots hold no memory.
