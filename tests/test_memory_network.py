@@ -461,7 +461,7 @@ def _windowed_lm_reference(net, tokens, history):
         p = torch.einsum("btd,btnd->btn", u, m).masked_fill(pad, float("-inf")).softmax(-1)
         u = net.H(u) + torch.einsum("btn,btnd->btd", p, cm)
         u = torch.cat([torch.relu(u[..., : c.relu_units]), u[..., c.relu_units :]], -1)
-    return net.out(u)
+    return torch.nn.functional.linear(u, net.output_weight())
 
 
 def test_the_language_model_reads_the_same_band_as_a_window_per_position():
@@ -482,6 +482,26 @@ def test_the_language_model_reads_the_same_band_as_a_window_per_position():
         torch.testing.assert_close(g, r)
     short, _ = net(tokens, history[:, 3:])  # a short history is padded on the left
     torch.testing.assert_close(short, net(tokens, torch.cat([torch.zeros_like(history[:, :3]), history[:, 3:]], 1))[0])
+
+
+def test_the_language_models_tied_output_layer_is_the_output_memorys_embedding():
+    from zoo.models.memory_network import memn2n_lm
+
+    torch.manual_seed(0)
+    kw = dict(vocab_size=30, dim=10, hops=2, memory_size=4, relu_units=5)
+    net, tied = memn2n_lm(**kw), memn2n_lm(**kw, tie_output=True)
+    assert tied.out is None and tied.output_weight() is tied.C.weight
+    assert sum(p.numel() for p in net.parameters()) - sum(p.numel() for p in tied.parameters()) == 30 * 10
+    tokens, history = torch.randint(1, 30, (2, 6)), torch.randint(1, 30, (2, 3))
+    logits = tied(tokens, history)[0]
+    assert logits[..., 0].eq(float("-inf")).all()  # padding is never predicted
+    torch.testing.assert_close(logits[..., 1:], _windowed_lm_reference(tied, tokens, history)[..., 1:])
+    before = tied.C.weight.detach().clone()
+    opt = torch.optim.SGD(tied.parameters(), lr=0.5)
+    torch.nn.functional.cross_entropy(tied(tokens)[0].flatten(0, 1), tokens.roll(-1, 1).flatten()).backward()
+    opt.step()
+    assert not torch.equal(tied.C.weight, before)  # one matrix, trained by both of its uses
+    assert tied.output_weight() is tied.C.weight and tied.C.weight[0].eq(0).all()  # padding stays zero
 
 
 def test_the_language_model_drops_units_only_in_training():

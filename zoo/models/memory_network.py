@@ -275,6 +275,7 @@ class MemN2NLMConfig:
     query: float = 0.1  # the constant query of every position
     init_std: float = 0.05
     dropout: float = 0.0  # on the embedded words and on the last state (not in the paper)
+    tie_output: bool = False  # W = C: the output layer scores words with the output memory's embedding (not in the paper)
     max_len: int = 100_000  # no position limit; this only bounds sampling
 
 
@@ -285,8 +286,10 @@ class MemN2NLM(CausalLM):
     word itself), each embedded alone with its temporal encoding; the state starts as the
     constant 0.1 in every unit, and after each hop u <- H u + o with a ReLU on the first
     ``relu_units`` units. Layer-wise tying (one A, one C, one H for every hop); the output
-    layer W is its own. ``dropout`` (0 in the paper) drops units of the embedded words and of
-    the state read by W. tokens (B, T) -> logits (B, T, V).
+    layer W is its own, or with ``tie_output`` the output embedding C itself (as adjacent
+    tying's W^T = C_K in section 2; the paper's LM keeps them apart). ``dropout`` (0 in the
+    paper) drops units of the embedded words and of the state read by W.
+    tokens (B, T) -> logits (B, T, V).
     """
 
     def __init__(self, config: MemN2NLMConfig) -> None:
@@ -304,9 +307,14 @@ class MemN2NLM(CausalLM):
         self.T_C = _temporal(c.memory_size, c.dim, c.init_std)
         self.drop = nn.Dropout(c.dropout)
         self.H = nn.Linear(c.dim, c.dim, bias=False)
-        self.out = nn.Linear(c.dim, c.vocab_size, bias=False)
+        self.out = None if c.tie_output else nn.Linear(c.dim, c.vocab_size, bias=False)
         nn.init.normal_(self.H.weight, 0.0, c.init_std)
-        nn.init.normal_(self.out.weight, 0.0, c.init_std)
+        if self.out is not None:
+            nn.init.normal_(self.out.weight, 0.0, c.init_std)
+
+    def output_weight(self) -> Tensor:
+        """W (V, d): the output layer's own, or C's with ``tie_output``."""
+        return self.C.weight if self.out is None else self.out.weight
 
     def forward(self, tokens: Tensor, history: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """tokens (B, T) -> logits (B, T, V) and the last ``memory_size - 1`` tokens (the next chunk's history).
@@ -343,7 +351,10 @@ class MemN2NLM(CausalLM):
             u = self.H(u) + spread @ cm + p @ t_c
             if c.relu_units:
                 u = torch.cat([F.relu(u[..., : c.relu_units]), u[..., c.relu_units :]], -1)
-        return self.out(self.drop(u)), seq[:, length - keep:]
+        logits = F.linear(self.drop(u), self.output_weight())
+        if self.out is None:  # C's padding row stays zero and padding is never predicted
+            logits = logits.index_fill(-1, torch.tensor([c.pad_id], device=logits.device), float("-inf"))
+        return logits, seq[:, length - keep:]
 
     @staticmethod
     def detach_state(state: Any) -> Any:
