@@ -133,6 +133,11 @@ def _embedding(vocab_size: int, dim: int, pad_id: int, std: float) -> nn.Embeddi
     return emb
 
 
+def _never_padding(logits: Tensor, pad_id: int) -> Tensor:
+    """``logits`` with the padding word's column at -inf: never predicted, and no gradient to its row."""
+    return logits.index_fill(-1, torch.tensor([pad_id], device=logits.device), float("-inf"))
+
+
 def _temporal(slots: int, dim: int, std: float) -> nn.Parameter:
     return nn.Parameter(torch.randn(slots, dim) * std)
 
@@ -259,7 +264,7 @@ class MemN2N(nn.Module):
             u = (u if self.H is None else self.H(u)) + o[:, 0]
             weights.append(p[:, 0])
         logits = F.linear(u, self.answer_weight())  # (B, V)
-        return logits.index_fill(-1, torch.tensor([c.pad_id], device=logits.device), float("-inf")), \
+        return _never_padding(logits, c.pad_id), \
             torch.stack(weights, 1)
 
 
@@ -352,8 +357,8 @@ class MemN2NLM(CausalLM):
             if c.relu_units:
                 u = torch.cat([F.relu(u[..., : c.relu_units]), u[..., c.relu_units :]], -1)
         logits = F.linear(self.drop(u), self.output_weight())
-        if self.out is None:  # C's padding row stays zero and padding is never predicted
-            logits = logits.index_fill(-1, torch.tensor([c.pad_id], device=logits.device), float("-inf"))
+        if self.out is None:  # C's padding row stays zero
+            logits = _never_padding(logits, c.pad_id)
         return logits, seq[:, length - keep:]
 
     @staticmethod
