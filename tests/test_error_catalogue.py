@@ -750,6 +750,15 @@ def _answer_empty_story(c: Ctx) -> Seen:
     return c.api(lambda: zoo.create("memn2n_tiny", vocab_size=30).answer([], "Where is Mary?"))
 
 
+def _babi_unknown_words(c: Ctx) -> Seen:
+    from zoo.data.babi import babi_tokenizer
+
+    tok = babi_tokenizer(["Mary moved to the garden.", "Where is Mary?"], ["garden"])
+    model = zoo.create("memn2n_tiny", vocab_size=tok.vocab_size)
+    model.tokenizers = (tok, tok)
+    return c.warning(lambda: model.answer(["Mary moved to the zorbatorium."], "Where is Mary?"))
+
+
 def _image_call(method: str, *args: Any, pixel_task: str = "class_conditional", **kw: Any) -> Callable[[Ctx], Seen]:
     return lambda c: c.api(lambda: getattr(_image_model(pixel_task), method)(*args, **kw))
 
@@ -770,6 +779,19 @@ def _ptb_missing(c: Ctx) -> Seen:
     c.monkeypatch.setattr(text, "REPO_ROOT", c.tmp / "repo")
     c.monkeypatch.setattr(text, "DOWNLOAD_DIR", c.tmp / "cache")
     return c.api(lambda: text.find_ptb(str(c.tmp / "ptb"), download=False))
+
+
+def _ptb_split_missing(c: Ctx) -> Seen:
+    import zoo.data.text as text
+
+    c.monkeypatch.delenv("ZOO_DATA_DIR", raising=False)
+    c.monkeypatch.setattr(text, "REPO_ROOT", c.tmp / "repo")
+    c.monkeypatch.setattr(text, "DOWNLOAD_DIR", c.tmp / "cache")
+    folder = c.tmp / "ptb"
+    folder.mkdir()
+    for name in ("ptb.train.txt", "ptb.test.txt"):
+        (folder / name).write_text("a b\n")
+    return c.api(lambda: text.find_ptb(str(folder), download=False))
 
 
 def _data_dir_typo(c: Ctx) -> Seen:
@@ -848,6 +870,7 @@ TRIGGERS: dict[str, Callable[[Ctx], Seen]] = {
     "data-vocab-too-big": _fit_data_vocab_too_big,
     "multi30k-missing": _multi30k_missing,
     "ptb-missing": _ptb_missing,
+    "ptb-split-missing": _ptb_split_missing,
     "data-dir-not-a-folder": _data_dir_typo,
     # translation inputs
     "translate-empty-list": _translate(sentences=[]),
@@ -934,6 +957,7 @@ TRIGGERS: dict[str, Callable[[Ctx], Seen]] = {
     "memn2n-memory-zero": _create("memn2n_tiny", memory_size=0),
     "memn2n-sentence-too-long": _memn2n_sentence_too_long,
     "answer-empty-story": _answer_empty_story,
+    "babi-unknown-words": _babi_unknown_words,
 }
 
 

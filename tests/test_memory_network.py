@@ -3,8 +3,11 @@ encoding, weight tying, the padding word, linear start, answer(), zoo answer, a 
 
 from __future__ import annotations
 
+import logging
+
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -352,6 +355,30 @@ def test_answer_reads_the_most_recent_sentences():
         model.answer("Mary moved to the bathroom.", "Where is Mary?")
     with pytest.raises(ValueError, match="story is empty"):
         model.answer([], "Where is Mary?")
+
+
+def test_words_never_seen_in_training_read_as_unknown_and_are_named_once(mini_babi, caplog, tmp_path):
+    model = tiny_reader()
+    story = ["Mary moved to the zorbatorium.", "John went to the hallway."]
+    with caplog.at_level(logging.WARNING, logger="zoo"):
+        model.answer(story, "Where is Mary?")
+        model.answer(story, "Where is Mary?")
+        model.answer(story, "Where is Blick?")
+    said = [r.getMessage() for r in caplog.records if r.name.startswith("zoo")]
+    assert len(said) == 2 and "(zorbatorium)" in said[0] and "(blick)" in said[1], said
+    tok = model.tokenizers[1]
+    assert tok.encode("the zorbatorium")[1] == tok.unk_id
+
+    root = tmp_path / "tasks_1-20_v1-2"
+    shutil.copytree(mini_babi, root)
+    (root / "en" / task_file(1, "test")).write_text("1 Mary flew to the Moon.\n2 Where is Mary?\tmoon\t1\n")
+    data = BabiDataModule(data_dir=str(root), task=1)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="zoo"):
+        data.setup("test")
+    said = [r.getMessage() for r in caplog.records if r.name.startswith("zoo")]
+    assert len(said) == 1 and "the test stories, questions and answers hold 2 words" in said[0]
+    assert "(flew, moon)" in said[0]
 
 
 def test_a_qa_model_round_trips_through_the_hub(tmp_path):

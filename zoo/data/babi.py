@@ -202,6 +202,22 @@ def answer_id(tok: Any, answer: str) -> int:
     return tok.unk_id if i is None else i
 
 
+def unknown_words(tok: Any, texts: Sequence[str]) -> set[str]:
+    """The words of ``texts`` (lower-cased) that the vocabulary lacks: each is read as ``<unk>``."""
+    encodings = tok.tok.encode_batch(list(texts), add_special_tokens=False)
+    return {text[a:b].lower() for text, e in zip(texts, encodings) for i, (a, b) in zip(e.ids, e.offsets)
+            if i == tok.unk_id}
+
+
+def say_unknown(words: set[str], where: str) -> None:
+    """Log, in one line, the words of ``where`` that are not in the vocabulary."""
+    if words:
+        shown = sorted(words)
+        listing = ", ".join(shown[:8]) + (", ..." if len(shown) > 8 else "")
+        log.warning("%s hold %d word%s not in the vocabulary (%s); each reads as <unk>, which the model "
+                    "never learnt", where, len(shown), "" if len(shown) == 1 else "s", listing)
+
+
 @dataclass
 class Example:
     task: int
@@ -331,6 +347,9 @@ class BabiDataModule(SequenceDataModule):
             sentences = sorted({s for q in questions for s in q.story})
             ids = dict(zip(sentences, map(tuple, tok.encode_batch(sentences))))
             queries = tok.encode_batch([q.question for q in questions])
+            unknown = unknown_words(tok, sentences + [q.question for q in questions])
+            unknown |= {q.answer.lower() for q in questions if answer_id(tok, q.answer) == tok.unk_id}
+            say_unknown(unknown, f"the {split} stories, questions and answers")
             self.datasets[split] = [Example(q.task, [ids[s] for s in q.story], query, answer_id(tok, q.answer))
                                     for q, query in zip(questions, queries)]
         return self.datasets[split]

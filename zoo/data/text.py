@@ -95,12 +95,26 @@ def find_multi30k(data_dir: str | None = None, download: bool = True) -> Path:
 
 def find_ptb(data_dir: str | None = None, download: bool = True) -> Path:
     """The folder holding Penn Treebank's ``ptb.train.txt``, ``ptb.valid.txt`` and ``ptb.test.txt``,
-    found locally (the folder itself or its ``ptb/``) or downloaded."""
-    return _find_folder(
-        "Penn Treebank", "ptb", lambda f: all((f / n).is_file() for n in PTB_MD5), data_dir,
-        _download_ptb if download else None,
-        "set data_dir or ZOO_DATA_DIR to the folder holding ptb.train.txt, or go online to download it",
-    )
+    found locally (the folder itself or its ``ptb/``) or downloaded; a folder with some of the
+    three but not all is named in the error when none is found whole."""
+    partial: list[str] = []
+
+    def holds(folder: Path) -> bool:
+        missing = [n for n in PTB_MD5 if not (folder / n).is_file()]
+        if 0 < len(missing) < len(PTB_MD5):
+            partial.append(f"{folder} has no {' or '.join(missing)}")
+        return not missing
+
+    try:
+        return _find_folder(
+            "Penn Treebank", "ptb", holds, data_dir, _download_ptb if download else None,
+            "set data_dir or ZOO_DATA_DIR to the folder holding ptb.train.txt, or go online to download it",
+        )
+    except FileNotFoundError:
+        if not partial:
+            raise
+        raise FileNotFoundError(f"Penn Treebank is incomplete: {partial[0]}; put ptb.train.txt, ptb.valid.txt and "
+                                "ptb.test.txt together in one folder") from None
 
 
 def _download_ptb(dest: Path) -> Path:

@@ -121,6 +121,7 @@ class QATask(ZooModule):
         self.linear: bool | None = None
         self.schedule_start = 0  # the epoch the step schedule counts from
         self._best_linear_loss, self._no_better = math.inf, 0
+        self._unknown_said: set[str] = set()  # the words answer() has already said are not in the vocabulary
 
     # -- training -------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -248,7 +249,7 @@ class QATask(ZooModule):
         The memory keeps the story's most recent ``memory_size`` sentences. With
         ``return_attention`` an :class:`Answer` also gives each hop's attention over them.
         """
-        from zoo.data.babi import Example, collate
+        from zoo.data.babi import Example, collate, say_unknown, unknown_words
 
         if isinstance(story, str):
             raise TypeError("story is a list of sentences, oldest first; split the text into its sentences")
@@ -261,6 +262,9 @@ class QATask(ZooModule):
             raise ValueError("the story is empty; give at least one sentence")
         tok = self._tokenizer()
         kept = sentences[-self.net.config.memory_size :]
+        unknown = unknown_words(tok, kept + [question]) - self._unknown_said
+        say_unknown(unknown, "the story and the question")  # once a word, for this model
+        self._unknown_said |= unknown
         batch = collate([Example(0, [tuple(ids) for ids in tok.encode_batch(kept)], tok.encode(question), 0)], tok.pad_id)
         self.eval()
         logits, weights = self.net(batch["story"].to(self.device), batch["query"].to(self.device))
