@@ -15,7 +15,9 @@ zoo's special tokens first (``<pad>`` = 0). An answer is one token of that vocab
 when it names several things: task 8's ``apple,football`` and task 19's ``n,s`` (a path of
 two steps) are single answer words, as in the paper, so the answer is always one softmax
 over the vocabulary. The tokenizer is a Hugging Face WordLevel tokenizer with a lower-casing
-normaliser and a punctuation-splitting pre-tokeniser, saved as tokenizer.json.
+normaliser and a punctuation-splitting pre-tokeniser, saved as tokenizer.json. A word it
+lacks (in a validation or test split, or in files read with a reused tokenizer) reads as
+``<unk>``; each split that holds such words names them in one warning.
 
 10% of each task's training questions are held out for validation, chosen by ``seed`` (the
 same every run); the test files are read for testing only. The data is read from a local
@@ -347,11 +349,12 @@ class BabiDataModule(SequenceDataModule):
             sentences = sorted({s for q in questions for s in q.story})
             ids = dict(zip(sentences, map(tuple, tok.encode_batch(sentences))))
             queries = tok.encode_batch([q.question for q in questions])
+            answers = [answer_id(tok, q.answer) for q in questions]
             unknown = unknown_words(tok, sentences + [q.question for q in questions])
-            unknown |= {q.answer.lower() for q in questions if answer_id(tok, q.answer) == tok.unk_id}
+            unknown |= {q.answer.lower() for q, a in zip(questions, answers) if a == tok.unk_id}
             say_unknown(unknown, f"the {split} stories, questions and answers")
-            self.datasets[split] = [Example(q.task, [ids[s] for s in q.story], query, answer_id(tok, q.answer))
-                                    for q, query in zip(questions, queries)]
+            self.datasets[split] = [Example(q.task, [ids[s] for s in q.story], query, answer)
+                                    for q, query, answer in zip(questions, queries, answers)]
         return self.datasets[split]
 
     def _setup_split(self, split: str) -> None:

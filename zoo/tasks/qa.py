@@ -248,6 +248,7 @@ class QATask(ZooModule):
 
         The memory keeps the story's most recent ``memory_size`` sentences. With
         ``return_attention`` an :class:`Answer` also gives each hop's attention over them.
+        A word the vocabulary lacks reads as ``<unk>``; the first time it appears a warning names it.
         """
         from zoo.data.babi import Example, collate, say_unknown, unknown_words
 
