@@ -4,7 +4,6 @@ encoding, weight tying, the padding word, linear start, answer(), zoo answer, a 
 from __future__ import annotations
 
 import logging
-
 import math
 import os
 import shutil

@@ -204,11 +204,12 @@ def answer_id(tok: Any, answer: str) -> int:
     return tok.unk_id if i is None else i
 
 
-def unknown_words(tok: Any, texts: Sequence[str]) -> set[str]:
-    """The words of ``texts`` (lower-cased) that the vocabulary lacks: each is read as ``<unk>``."""
+def encode_words(tok: Any, texts: Sequence[str]) -> tuple[list[list[int]], set[str]]:
+    """The ids of each text, and the words (lower-cased) the vocabulary lacks: each read as ``<unk>``."""
     encodings = tok.tok.encode_batch(list(texts), add_special_tokens=False)
-    return {text[a:b].lower() for text, e in zip(texts, encodings) for i, (a, b) in zip(e.ids, e.offsets)
-            if i == tok.unk_id}
+    unknown = {text[a:b].lower() for text, e in zip(texts, encodings) for i, (a, b) in zip(e.ids, e.offsets)
+               if i == tok.unk_id}
+    return [e.ids for e in encodings], unknown
 
 
 def say_unknown(words: set[str], where: str) -> None:
@@ -347,10 +348,10 @@ class BabiDataModule(SequenceDataModule):
         if split not in self.datasets:
             tok, questions = self.tokenizer, self.questions(split)
             sentences = sorted({s for q in questions for s in q.story})
-            ids = dict(zip(sentences, map(tuple, tok.encode_batch(sentences))))
-            queries = tok.encode_batch([q.question for q in questions])
+            encoded, unknown = encode_words(tok, sentences + [q.question for q in questions])
+            ids = dict(zip(sentences, map(tuple, encoded)))
+            queries = encoded[len(sentences):]
             answers = [answer_id(tok, q.answer) for q in questions]
-            unknown = unknown_words(tok, sentences + [q.question for q in questions])
             unknown |= {q.answer.lower() for q, a in zip(questions, answers) if a == tok.unk_id}
             say_unknown(unknown, f"the {split} stories, questions and answers")
             self.datasets[split] = [Example(q.task, [ids[s] for s in q.story], query, answer)

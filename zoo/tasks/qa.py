@@ -250,7 +250,7 @@ class QATask(ZooModule):
         ``return_attention`` an :class:`Answer` also gives each hop's attention over them.
         A word the vocabulary lacks reads as ``<unk>``; the first time it appears a warning names it.
         """
-        from zoo.data.babi import Example, collate, say_unknown, unknown_words
+        from zoo.data.babi import Example, collate, encode_words, say_unknown
 
         if isinstance(story, str):
             raise TypeError("story is a list of sentences, oldest first; split the text into its sentences")
@@ -263,10 +263,11 @@ class QATask(ZooModule):
             raise ValueError("the story is empty; give at least one sentence")
         tok = self._tokenizer()
         kept = sentences[-self.net.config.memory_size :]
-        unknown = unknown_words(tok, kept + [question]) - self._unknown_said
+        encoded, unknown = encode_words(tok, kept + [question])
+        unknown -= self._unknown_said
         say_unknown(unknown, "the story and the question")  # once a word, for this model
         self._unknown_said |= unknown
-        batch = collate([Example(0, [tuple(ids) for ids in tok.encode_batch(kept)], tok.encode(question), 0)], tok.pad_id)
+        batch = collate([Example(0, [tuple(ids) for ids in encoded[:-1]], encoded[-1], 0)], tok.pad_id)
         self.eval()
         logits, weights = self.net(batch["story"].to(self.device), batch["query"].to(self.device))
         text = tok.tok.id_to_token(int(logits[0].argmax())) or ""
